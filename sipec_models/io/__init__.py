@@ -1,0 +1,1 @@
+"""Input and output: video decoding (PyAV), Zarr stores, label files."""

@@ -1,0 +1,1 @@
+"""Instance segmentation: the classical background-subtraction segmenter (no training)."""
