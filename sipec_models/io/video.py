@@ -44,6 +44,11 @@ class VideoInfo:
         time_base: the stream's time base as ``"num/den"`` seconds per pts tick.
         start_pts: pts of the first frame.
         frame_pts_step: pts ticks between consecutive frames (0 if not constant).
+        rate: the exact frame rate as ``"num/den"`` frames per second.
+        seek_exact: seeking was checked against sequential decoding and gives
+            the same pixels; when False, reads decode from the first frame
+            (slower, always exact). Some files mark frames as keyframes that
+            cannot be decoded on their own.
     """
 
     path: str
@@ -57,6 +62,13 @@ class VideoInfo:
     time_base: str
     start_pts: int
     frame_pts_step: int
+    rate: str = ""
+    seek_exact: bool = True
+
+    @property
+    def ticks_per_frame(self) -> Fraction:
+        """Exact pts ticks per frame: ``1 / (rate * time_base)``."""
+        return 1 / (Fraction(self.rate or self.fps) * Fraction(self.time_base))
 
     @property
     def duration_s(self) -> float:
@@ -121,7 +133,8 @@ def probe(path: str | os.PathLike, count: bool | None = None) -> VideoInfo:
         width, height = ctx.width, ctx.height
         codec = ctx.name
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        fps = float(rate) if rate else 0.0
+        rate = Fraction(rate) if rate else Fraction(0)
+        fps = float(rate)
         n_container = int(stream.frames or 0)
         time_base = stream.time_base or Fraction(1, 1)
         duration_ticks = stream.duration
@@ -132,7 +145,8 @@ def probe(path: str | os.PathLike, count: bool | None = None) -> VideoInfo:
         start_pts = int(first.pts or 0)
     if width <= 0 or height <= 0 or fps <= 0:
         raise VideoError(f"{path}: invalid stream (size {width}x{height}, fps {fps})")
-    step = int(round(1 / (fps * time_base))) if fps and time_base else 0
+    ticks = 1 / (rate * time_base) if rate and time_base else Fraction(0)
+    step = int(ticks) if ticks and ticks.denominator == 1 else 0
 
     n_frames = n_container
     counted = False
@@ -143,7 +157,7 @@ def probe(path: str | os.PathLike, count: bool | None = None) -> VideoInfo:
         suspicious = n_container <= 0 or (expected is not None and abs(expected - n_container) > 1)
         if not suspicious:
             # Cheap check that the last frame the container promises decodes.
-            suspicious = not _last_frame_decodes(path, n_container, start_pts, step)
+            suspicious = not _last_frame_decodes(path, n_container, start_pts, ticks)
         count = suspicious
     if count:
         n_frames, pts = _count_frames(path)
@@ -153,6 +167,7 @@ def probe(path: str | os.PathLike, count: bool | None = None) -> VideoInfo:
             step = int(np.median(diffs)) if np.all(diffs == np.median(diffs)) else 0
     if n_frames <= 0:
         raise VideoError(f"{path}: contains no decodable frames")
+    seek_exact = _seek_is_exact(path, n_frames, start_pts, ticks) if ticks else False
     return VideoInfo(
         path=str(path),
         n_frames=int(n_frames),
@@ -165,14 +180,52 @@ def probe(path: str | os.PathLike, count: bool | None = None) -> VideoInfo:
         time_base=f"{time_base.numerator}/{time_base.denominator}",
         start_pts=start_pts,
         frame_pts_step=step,
+        rate=f"{rate.numerator}/{rate.denominator}",
+        seek_exact=seek_exact,
     )
 
 
-def _last_frame_decodes(path, n_frames: int, start_pts: int, step: int) -> bool:
-    if n_frames <= 0 or step <= 0:
+def _seek_is_exact(path, n_frames: int, start_pts: int, ticks: Fraction, max_frames: int = 1000) -> bool:
+    """Compare a frame read by seeking with the same frame decoded from the start.
+
+    The frame checked lies just after the second keyframe (the first place a
+    seek lands somewhere other than the start). Files with one keyframe in
+    the first ``max_frames`` frames are checked at ``max_frames``.
+    """
+    with _open(path) as container:
+        stream = container.streams.video[0]
+        keys = []
+        for i, packet in enumerate(container.demux(stream)):
+            if packet.size == 0:
+                continue
+            if packet.is_keyframe:
+                keys.append(i)
+                if len(keys) == 2 or i >= max_frames:
+                    break
+            if i >= max_frames:
+                break
+    target = min(keys[1] + 2 if len(keys) > 1 else max_frames, n_frames - 1)
+    if target <= 0:
+        return True
+    with _open(path) as container:
+        for i, frame in enumerate(container.decode(container.streams.video[0])):
+            if i == target:
+                reference = frame.to_ndarray(format="gray")
+                break
+        else:
+            return False
+    try:
+        got = list(_decode_range(path, target, target + 1, start_pts, ticks, gray=True))
+    except (VideoError, av.FFmpegError):
+        return False
+    return len(got) == 1 and np.array_equal(got[0], reference)
+
+
+def _last_frame_decodes(path, n_frames: int, start_pts: int, ticks: Fraction) -> bool:
+    if n_frames <= 0 or ticks <= 0:
         return False
     try:
-        frames = list(_decode_range(path, n_frames - 1, n_frames, start_pts, step, gray=True))
+        frames = list(_decode_range(path, n_frames - 1, n_frames, start_pts, ticks, gray=True))
     except (VideoError, av.FFmpegError):
         return False
     return len(frames) == 1
@@ -184,12 +237,13 @@ def _to_array(frame: av.VideoFrame, gray: bool) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
 
-def _decode_range(path, start: int, stop: int, start_pts: int, step: int, gray: bool) -> Iterator[np.ndarray]:
-    """Yield frames ``start..stop-1`` by seek-then-decode (constant pts step)."""
+def _decode_range(path, start: int, stop: int, start_pts: int, ticks: Fraction, gray: bool) -> Iterator[np.ndarray]:
+    """Yield frames ``start..stop-1`` by seek-then-decode (constant frame rate)."""
     with _open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        target = start_pts + start * step
+        # Half a frame early, so rounded timestamps of the target frame still count.
+        target = start_pts + int(start * ticks - ticks / 2)
         if start > 0:
             container.seek(target, stream=stream, backward=True, any_frame=False)
         index = None
@@ -198,7 +252,9 @@ def _decode_range(path, start: int, stop: int, start_pts: int, step: int, gray: 
                 raise VideoError(f"{path}: frame without timestamp; probe with count=True and read sequentially")
             if frame.pts < target:
                 continue
-            index = start + int(round((frame.pts - target) / step)) if index is None else index + 1
+            index = int(round((frame.pts - start_pts) / ticks)) if index is None else index + 1
+            if index < start:
+                continue
             if index >= stop:
                 return
             yield _to_array(frame, gray)
@@ -225,10 +281,11 @@ def iter_frames(
         raise ValueError(f"{path}: invalid frame range [{start}, {stop}) for {info.n_frames} frames")
     if start == stop:
         return
-    if info.frame_pts_step > 0:
-        yield from _decode_range(path, start, stop, info.start_pts, info.frame_pts_step, gray)
+    if info.seek_exact and (info.frame_pts_step > 0 or (info.rate and not info.counted)):
+        yield from _decode_range(path, start, stop, info.start_pts, info.ticks_per_frame, gray)
         return
-    # Variable frame rate: decode sequentially from the start.
+    # Variable frame rate, or a file whose keyframes cannot be decoded alone:
+    # decode sequentially from the start.
     with _open(path) as container:
         for i, frame in enumerate(container.decode(container.streams.video[0])):
             if i >= stop:
