@@ -1,0 +1,213 @@
+"""The ``sipec`` command: one sub-command per pipeline step (what the Snakemake rules run).
+
+Every step writes its output atomically, so a failed step leaves no output
+that looks finished; errors print one clear line naming the file and the
+problem and exit with status 1.
+
+    sipec demo        render the synthetic demo arena with ground truth
+    sipec validate    check config.yaml and videos.tsv
+    sipec probe       frame count, fps, size, codec and checksum of a video
+    sipec plan        cut a video into chunks
+    sipec background  median background of a video
+    sipec segment     segment one chunk (classical segmenter) into a Zarr store
+    sipec track       stitch chunk tracks and consolidate the video's Zarr store
+    sipec merge       per-animal table (CSV + Parquet) and trajectory figure
+    sipec summary     cohort summary over the per-animal tables
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from sipec_models import __version__
+
+log = logging.getLogger("sipec")
+
+
+def _json_arg(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def cmd_demo(args) -> None:
+    from sipec_models.demo import render_demo
+
+    videos = render_demo(
+        args.outdir, n_videos=args.n_videos, n_frames=args.n_frames, n_animals=args.n_animals,
+        size=args.size, seed=args.seed, progress=not args.quiet,
+    )
+    for v in videos:
+        print(f"{v.id}\t{v.video}\t{v.n_animals}")
+
+
+def cmd_validate(args) -> None:
+    from sipec_models.config import load_config, load_videos
+
+    config = load_config(args.config)
+    videos_path = args.videos or config["videos"]
+    demo = config["demo"]
+    producible = set()
+    if demo["enabled"]:
+        producible = {str(Path(demo["outdir"]) / f"arena_{i}.mp4") for i in range(demo["n_videos"])}
+    table = load_videos(videos_path, producible=producible)
+    print(f"{args.config}: valid; {videos_path}: {len(table)} video(s) valid")
+
+
+def cmd_probe(args) -> None:
+    from sipec_models.inference.ingest import run_probe
+
+    run_probe(args.video, args.out, count=args.count)
+
+
+def cmd_plan(args) -> None:
+    from sipec_models.inference.ingest import run_plan
+
+    run_plan(args.probe, args.chunk_size, args.out)
+
+
+def cmd_background(args) -> None:
+    from sipec_models.inference.segment import run_background
+
+    run_background(args.video, args.probe, args.samples, args.out)
+
+
+def cmd_segment(args) -> None:
+    from sipec_models.inference.segment import run_segment
+
+    run_segment(
+        video=args.video, video_id=args.video_id, probe=args.probe, plan=args.plan, chunk=args.chunk,
+        background=args.background, n_animals=args.n_animals, options=args.options,
+        tracking=args.tracking, out=args.out,
+    )
+
+
+def cmd_track(args) -> None:
+    from sipec_models.inference.track import run_track
+
+    run_track(
+        chunks=args.chunks, video_id=args.video_id, probe=args.probe, plan=args.plan,
+        n_animals=args.n_animals, options=args.options, out=args.out,
+    )
+
+
+def cmd_merge(args) -> None:
+    from sipec_models.tables import run_merge
+
+    run_merge(args.store, args.video_id, args.probe, args.csv, args.parquet, args.figure)
+
+
+def cmd_summary(args) -> None:
+    from sipec_models.tables import run_summary
+
+    run_summary(args.tables, args.videos, args.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sipec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"sipec {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="render the synthetic demo arena and its ground truth")
+    p.add_argument("--outdir", default="resources/demo", type=Path)
+    p.add_argument("--n-videos", type=int, default=2)
+    p.add_argument("--n-frames", type=int, default=600)
+    p.add_argument("--n-animals", type=int, default=3)
+    p.add_argument("--size", type=int, default=256, help="frame width and height, pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("validate", help="check config.yaml and the videos table")
+    p.add_argument("--config", default="config/config.yaml", type=Path)
+    p.add_argument("--videos", default=None, help="videos table (default: the one the config names)")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("probe", help="probe a video: frames, fps, size, codec, checksum")
+    p.add_argument("video", type=Path)
+    p.add_argument("--out", required=True, type=Path, help="probe JSON")
+    p.add_argument("--count", action="store_true", help="always count frames by decoding")
+    p.set_defaults(func=cmd_probe)
+
+    p = sub.add_parser("plan", help="cut a video into chunks of --chunk-size frames")
+    p.add_argument("probe", type=Path)
+    p.add_argument("--chunk-size", type=int, required=True)
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("background", help="median background image of a video")
+    p.add_argument("video", type=Path)
+    p.add_argument("--probe", required=True, type=Path)
+    p.add_argument("--samples", type=int, default=50, help="frames sampled evenly over the video")
+    p.add_argument("--out", required=True, type=Path, help=".npy file, float32 (H, W)")
+    p.set_defaults(func=cmd_background)
+
+    p = sub.add_parser("segment", help="segment one chunk into its own Zarr store")
+    p.add_argument("video", type=Path)
+    p.add_argument("--video-id", required=True)
+    p.add_argument("--probe", required=True, type=Path)
+    p.add_argument("--plan", required=True, type=Path)
+    p.add_argument("--chunk", required=True, type=int)
+    p.add_argument("--background", required=True, type=Path)
+    p.add_argument("--n-animals", required=True, type=int)
+    p.add_argument("--options", type=_json_arg, default={}, help="segmentation options (JSON)")
+    p.add_argument("--tracking", type=_json_arg, default={}, help="tracking options (JSON)")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("track", help="stitch chunk tracks; consolidate the video store")
+    p.add_argument("chunks", nargs="+", type=Path, help="chunk stores in chunk order")
+    p.add_argument("--video-id", required=True)
+    p.add_argument("--probe", required=True, type=Path)
+    p.add_argument("--plan", required=True, type=Path)
+    p.add_argument("--n-animals", required=True, type=int)
+    p.add_argument("--options", type=_json_arg, default={}, help="tracking options (JSON)")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_track)
+
+    p = sub.add_parser("merge", help="per-animal table and trajectory figure of a video")
+    p.add_argument("store", type=Path)
+    p.add_argument("--video-id", required=True)
+    p.add_argument("--probe", required=True, type=Path)
+    p.add_argument("--csv", required=True, type=Path)
+    p.add_argument("--parquet", required=True, type=Path)
+    p.add_argument("--figure", required=True, type=Path)
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("summary", help="cohort summary over per-animal tables")
+    p.add_argument("tables", nargs="+", type=Path)
+    p.add_argument("--videos", required=True, type=Path, help="videos table (metadata columns are joined)")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_summary)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sipec_models.config import ConfigError
+    from sipec_models.io.video import VideoError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
+    log.info("sipec %s: %s", __version__, " ".join(sys.argv[1:]) if argv is None else " ".join(argv))
+    try:
+        args.func(args)
+    except (ConfigError, VideoError, FileNotFoundError, ValueError) as exc:
+        print(f"sipec {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Figures for the Snakemake report."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def trajectory_figure(table: pd.DataFrame, width: int, height: int, out: str | os.PathLike,
+                      title: str = "", bins: int = 48) -> None:
+    """Trajectories (left) and occupancy (right) of every animal of one video.
+
+    Args:
+        table: per-animal table (columns ``animal``, ``x``, ``y`` in pixels).
+        width, height: frame size, pixels (the axes' extent; y points down as in the image).
+        out: PNG path, written atomically.
+    """
+    fig, (ax_traj, ax_occ) = plt.subplots(1, 2, figsize=(10, 4.6), constrained_layout=True)
+    colours = plt.get_cmap("tab10")
+    for i, (animal, t) in enumerate(table.groupby("animal", sort=True)):
+        ax_traj.plot(t["x"], t["y"], lw=0.7, color=colours(i % 10), label=str(animal))
+    ax_traj.set(xlim=(0, width), ylim=(height, 0), aspect="equal", xlabel="x (px)", ylabel="y (px)",
+                title=f"{title} trajectories".strip())
+    ax_traj.legend(loc="upper right", fontsize=7, frameon=True)
+    xy = table[["x", "y"]].dropna().to_numpy()
+    aspect = height / width
+    counts, _, _ = np.histogram2d(xy[:, 1], xy[:, 0], bins=(max(1, int(bins * aspect)), bins),
+                                  range=((0, height), (0, width)))
+    frames = max(1, table["frame"].nunique())
+    occupancy = np.ma.masked_equal(counts / frames, 0)
+    im = ax_occ.imshow(occupancy, extent=(0, width, height, 0), cmap="magma",
+                       norm=matplotlib.colors.LogNorm() if occupancy.count() else None)
+    fig.colorbar(im, ax=ax_occ, label="fraction of frames")
+    ax_occ.set(xlabel="x (px)", ylabel="y (px)", title="occupancy (all animals)")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
