@@ -69,6 +69,11 @@ def dims_for(name: str, array: np.ndarray, instance_dim: str = "instance") -> tu
     return dims
 
 
+def spec_field(name: str, array: np.ndarray, instance_dim: str = "instance") -> Field:
+    """A :class:`Field` with the registered dimension names and unit of array ``name``."""
+    return Field(np.asarray(array), dims_for(name, np.asarray(array), instance_dim), ARRAY_SPECS[name][1])
+
+
 def code_version() -> str:
     """Package version, plus the git commit when run from a checkout."""
     version = sipec_models.__version__
@@ -120,13 +125,29 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def _fill_value(dtype: np.dtype):
+    """NaN for floats, -1 for int32/int64 (ids), 0 otherwise (counts, flags, masks, pixels)."""
     if np.issubdtype(dtype, np.floating):
         return np.nan
     if dtype == np.bool_:
         return False
-    if np.issubdtype(dtype, np.signedinteger) and dtype != np.int16:
+    if np.issubdtype(dtype, np.signedinteger) and dtype.itemsize >= 4:
         return -1
     return 0
+
+
+def create_array(group: zarr.Group, name: str, shape: Sequence[int], dtype, dims: Sequence[str],
+                 units: str = "", frame_chunk: int | None = None) -> zarr.Array:
+    """Create an empty array with named dimensions, a ``units`` attribute and frame-aligned chunks."""
+    dtype = np.dtype(dtype)
+    return group.create_array(
+        name,
+        shape=tuple(shape),
+        dtype=dtype,
+        chunks=_chunks(shape, dims, frame_chunk, dtype.itemsize),
+        dimension_names=tuple(dims),
+        fill_value=_fill_value(dtype),
+        attributes={"units": units},
+    )
 
 
 def write_store(
@@ -149,16 +170,7 @@ def write_store(
         group.attrs.update(dict(attrs))
         for name, field in fields.items():
             data = np.asarray(field.data)
-            chunks = _chunks(data.shape, field.dims, frame_chunk, data.dtype.itemsize)
-            array = group.create_array(
-                name,
-                shape=data.shape,
-                dtype=data.dtype,
-                chunks=chunks,
-                dimension_names=field.dims,
-                fill_value=_fill_value(data.dtype),
-                attributes={"units": field.units},
-            )
+            array = create_array(group, name, data.shape, data.dtype, field.dims, field.units, frame_chunk)
             if data.size:
                 array[...] = data
         zarr.consolidate_metadata(str(tmp))

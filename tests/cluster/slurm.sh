@@ -5,22 +5,31 @@
 #   tests/cluster/slurm.sh start     write config, start munged + slurmctld + slurmd, wait for an idle node
 #   tests/cluster/slurm.sh status    exit 0 when the cluster answers and the node is usable
 #   tests/cluster/slurm.sh stop      cancel jobs, stop the daemons, remove the state dir
-#   tests/cluster/slurm.sh env       print `export SLURM_CONF=...` (eval it to use sbatch/squeue by hand)
+#   tests/cluster/slurm.sh env       print `export SLURM_CONF=... PATH=<state>/bin:$PATH` (eval it)
 #
 # Everything lives in one state dir ($SIPEC_SLURM_DIR, default /tmp/sipec-slurm):
 # slurm.conf, the munge key and socket, spool/state dirs, pid files and logs.
 # Nothing under /etc is written; clients find the cluster through
 #   SLURM_CONF=$SIPEC_SLURM_DIR/slurm.conf
 # which every sbatch/squeue/srun call (and so snakemake with the slurm executor and
-# the jobs it submits) must see in its environment.
+# the jobs it submits) must see in its environment.  The jobstep plugin
+# (snakemake-executor-plugin-slurm-jobstep 0.6.1) drops every SLURM_* variable,
+# SLURM_CONF included, before it runs `srun` inside a job, so the start command also
+# writes wrappers for srun, sbatch, squeue, ... into $SIPEC_SLURM_DIR/bin that set
+# SLURM_CONF themselves: put that dir first on PATH (jobs inherit PATH), e.g.
+#   eval "$(tests/cluster/slurm.sh env)"
 #
 # Environment knobs:
-#   SIPEC_SLURM_DIR           state dir (default /tmp/sipec-slurm)
+#   SIPEC_SLURM_DIR           state dir (default /tmp/sipec-slurm); every parent dir must be
+#                             world-traversable (munged runs as user munge), so not
+#                             under pytest's /tmp/pytest-of-root (mode 0700)
 #   SIPEC_SLURM_PARTITION     default partition name (default "cpu", matches profiles/slurm)
 #   SIPEC_SLURM_GPU_PARTITION second partition on the same node, no GPUs (default "gpu")
 #   SIPEC_SLURM_CTLD_PORT     slurmctld port (default 6817)
 #   SIPEC_SLURM_SLURMD_PORT   slurmd port (default 6818)
 #   SIPEC_SLURM_START_TIMEOUT seconds to wait for the node to become idle (default 60)
+#   SIPEC_SLURM_NODE_CPUS     CPUs the node declares at least (default 8; oversubscribes small machines)
+#   SIPEC_SLURM_NODE_MEMORY_MB memory the node declares at least (default 65536; not enforced)
 #
 # Only 127.0.0.1 is used: the node is "localhost" with NodeAddr=127.0.0.1.
 set -euo pipefail
@@ -31,6 +40,8 @@ GPU_PARTITION="${SIPEC_SLURM_GPU_PARTITION:-gpu}"
 CTLD_PORT="${SIPEC_SLURM_CTLD_PORT:-6817}"
 SLURMD_PORT="${SIPEC_SLURM_SLURMD_PORT:-6818}"
 START_TIMEOUT="${SIPEC_SLURM_START_TIMEOUT:-60}"
+NODE_MEMORY_MB="${SIPEC_SLURM_NODE_MEMORY_MB:-65536}"
+NODE_CPUS="${SIPEC_SLURM_NODE_CPUS:-8}"
 PACKAGES=(slurmctld slurmd slurm-client munge)
 
 CONF="$STATE_DIR/slurm.conf"
@@ -68,22 +79,23 @@ cmd_install() {
     log "installing: $missing"
     # Keep the packages' maintainer scripts from starting system-wide services
     # (we start our own daemons from the state dir).
-    local policy=/usr/sbin/policy-rc.d created_policy=0
+    local policy=/usr/sbin/policy-rc.d
     if [[ ! -e $policy ]]; then
         printf '#!/bin/sh\nexit 101\n' >"$policy"
         chmod 755 "$policy"
-        created_policy=1
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
     local rc=0 out
+    local -a apt=(apt-get -y -qq -o DPkg::Lock::Timeout=120)
     export DEBIAN_FRONTEND=noninteractive
     # shellcheck disable=SC2086
-    out=$(apt-get install -y -qq --no-install-recommends $missing </dev/null 2>&1) || rc=$?
+    out=$("${apt[@]}" install --no-install-recommends $missing </dev/null 2>&1) || rc=$?
     if [[ $rc -ne 0 ]]; then
         # fresh machine: the package lists may be empty or stale
         rc=0
-        out=$( { apt-get update -qq && apt-get install -y -qq --no-install-recommends $missing; } </dev/null 2>&1) || rc=$?
+        # shellcheck disable=SC2086
+        out=$( { "${apt[@]}" update && "${apt[@]}" install --no-install-recommends $missing; } </dev/null 2>&1) || rc=$?
     fi
-    [[ $created_policy -eq 1 ]] && rm -f "$policy"
     if [[ $rc -ne 0 ]]; then
         echo "$out" | tail -n 30 >&2
         die "apt-get install failed (rc=$rc)"
@@ -125,16 +137,20 @@ log_tails() {
 }
 
 node_line() {
-    # Hardware as slurmd sees it, e.g.
-    # CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=23000
-    local hw
-    hw=$(slurmd -C 2>/dev/null | head -n1 | tr ' ' '\n' | grep -E '^(CPUs|Boards|SocketsPerBoard|CoresPerSocket|ThreadsPerCore|RealMemory)=' | tr '\n' ' ')
-    if [[ -z $hw ]]; then
-        local mem
-        mem=$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo)
-        hw="CPUs=$(nproc) RealMemory=$mem"
-    fi
-    echo "NodeName=localhost NodeAddr=127.0.0.1 $hw State=UNKNOWN"
+    # With SlurmdParameters=config_overrides slurmd trusts this line instead of the
+    # hardware.  Neither CPUs nor memory are enforced here (no cgroups, task/none,
+    # jobacct_gather/none), so the node declares at least NODE_CPUS CPUs and
+    # NODE_MEMORY_MB of memory: short test jobs then run side by side even on a
+    # 2-core CI machine, and the profile's per-rule mem_mb requests fit.
+    local hw cpus mem
+    hw=$(slurmd -C 2>/dev/null | head -n1) || true
+    cpus=$(tr ' ' '\n' <<<"$hw" | sed -n 's/^CPUs=//p')
+    mem=$(tr ' ' '\n' <<<"$hw" | sed -n 's/^RealMemory=//p')
+    [[ $cpus =~ ^[0-9]+$ ]] || cpus=$(nproc)
+    [[ $mem =~ ^[0-9]+$ ]] || mem=$(awk '/MemTotal/ {print int($2/1024)}' /proc/meminfo)
+    ((cpus >= NODE_CPUS)) || cpus=$NODE_CPUS
+    ((mem >= NODE_MEMORY_MB)) || mem=$NODE_MEMORY_MB
+    echo "NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem State=UNKNOWN"
 }
 
 write_config() {
@@ -159,6 +175,7 @@ SlurmctldLogFile=$LOG_DIR/slurmctld.log
 SlurmdLogFile=$LOG_DIR/slurmd.log
 SlurmctldDebug=info
 SlurmdDebug=info
+SlurmdParameters=config_overrides
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -185,6 +202,25 @@ EOF
 }
 
 # ---------------------------------------------------------------- start
+start_failed() {
+    # stop whatever did start; keep the state dir (logs) until the next start/stop
+    stop_daemons "slurmd:$STATE_DIR/slurmd.pid" "slurmctld:$STATE_DIR/slurmctld.pid" "munged:$MUNGE_DIR/munged.pid"
+    die "$* (daemons stopped; logs in $LOG_DIR)"
+}
+
+write_wrappers() {
+    # Client commands that find the test cluster whatever the environment says.
+    local c real
+    install -d -m 0755 "$STATE_DIR/bin"
+    for c in srun sbatch squeue sinfo scontrol scancel salloc sacct sacctmgr sshare sstat; do
+        real=$(PATH=/usr/local/bin:/usr/bin:/bin command -v "$c" || true)
+        [[ -n $real && $real != "$STATE_DIR/bin/$c" ]] || continue
+        printf '#!/bin/sh\n# written by tests/cluster/slurm.sh\nSLURM_CONF=%q\nexport SLURM_CONF\nexec %q "$@"\n' \
+            "$CONF" "$real" >"$STATE_DIR/bin/$c"
+        chmod 0755 "$STATE_DIR/bin/$c"
+    done
+}
+
 start_munged() {
     pid_alive "$MUNGE_DIR/munged.pid" && return 0
     id munge >/dev/null 2>&1 || die "user 'munge' missing (is the munge package installed?)"
@@ -204,14 +240,14 @@ start_munged() {
         --seed-file="$MUNGE_DIR/munged.seed" \
         --log-file="$LOG_DIR/munged.log" \
         </dev/null >>"$LOG_DIR/munged.out" 2>&1 \
-        || { log_tails; die "munged failed to start"; }
+        || { log_tails; start_failed "munged failed to start"; }
     local i
     for i in $(seq 1 50); do
         [[ -S $MUNGE_SOCKET ]] && pid_alive "$MUNGE_DIR/munged.pid" && return 0
         sleep 0.1
     done
     log_tails
-    die "munged did not create its socket $MUNGE_SOCKET"
+    start_failed "munged did not create its socket $MUNGE_SOCKET"
 }
 
 cmd_start() {
@@ -235,19 +271,20 @@ cmd_start() {
     install -d -m 0755 "$STATE_DIR" "$STATE_DIR/ctld" "$STATE_DIR/spool" "$LOG_DIR"
     touch "$MARKER"
     write_config
+    write_wrappers
 
     start_munged
     slurmctld -f "$CONF" </dev/null >>"$LOG_DIR/slurmctld.out" 2>&1 \
-        || { log_tails; die "slurmctld failed to start"; }
+        || { log_tails; start_failed "slurmctld failed to start"; }
     slurmd -f "$CONF" -N localhost </dev/null >>"$LOG_DIR/slurmd.out" 2>&1 \
-        || { log_tails; die "slurmd failed to start"; }
+        || { log_tails; start_failed "slurmd failed to start"; }
 
     local deadline=$((SECONDS + START_TIMEOUT)) s resumed=0
     while ((SECONDS < deadline)); do
         s=$(node_state)
         if [[ $s =~ ^(idle|mixed|allocated)$ ]]; then
             log "cluster up in $((SECONDS - t0)) s: node localhost $s, partitions $PARTITION (default), $GPU_PARTITION"
-            log "use it with: export SLURM_CONF=$CONF"
+            log "use it with: eval \"\$($0 env)\"  (SLURM_CONF=$CONF, PATH=$STATE_DIR/bin:...)"
             return 0
         fi
         if [[ $s =~ ^(down|drained|draining|drain) ]] && ((resumed == 0)); then
@@ -266,21 +303,32 @@ cmd_start() {
     pid_alive "$STATE_DIR/slurmd.pid" || log "slurmd is not running"
     timeout 10 sinfo -N -l >&2 2>&1 || true
     log_tails
-    die "cluster did not come up within ${START_TIMEOUT} s (state dir $STATE_DIR)"
+    start_failed "cluster did not come up within ${START_TIMEOUT} s"
 }
 
 # ---------------------------------------------------------------- stop
-stop_pidfile() {  # pidfile name
-    local f=$1 pid i
-    pid_alive "$f" || return 0
-    pid=$(<"$f")
-    kill -TERM "$pid" 2>/dev/null || true
+stop_daemons() {  # name:pidfile ... -> SIGTERM all at once, SIGKILL what is left after 10 s
+    local item name f pid i alive
+    local -a names=() pids=()
+    for item in "$@"; do
+        name=${item%%:*} f=${item#*:}
+        pid_alive "$f" || continue
+        pid=$(<"$f")
+        kill -TERM "$pid" 2>/dev/null || true
+        names+=("$name") pids+=("$pid")
+    done
     for i in $(seq 1 100); do
-        kill -0 "$pid" 2>/dev/null || return 0
+        alive=0
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        ((alive)) || return 0
         sleep 0.1
     done
-    log "$name (pid $pid) ignored SIGTERM, sending SIGKILL"
-    kill -KILL "$pid" 2>/dev/null || true
+    for i in "${!pids[@]}"; do
+        if kill -0 "${pids[$i]}" 2>/dev/null; then
+            log "${names[$i]} (pid ${pids[$i]}) ignored SIGTERM, sending SIGKILL"
+            kill -KILL "${pids[$i]}" 2>/dev/null || true
+        fi
+    done
 }
 
 cmd_stop() {
@@ -302,10 +350,7 @@ cmd_stop() {
             done
         fi
     fi
-    local name
-    name=slurmd; stop_pidfile "$STATE_DIR/slurmd.pid"
-    name=slurmctld; stop_pidfile "$STATE_DIR/slurmctld.pid"
-    name=munged; stop_pidfile "$MUNGE_DIR/munged.pid"
+    stop_daemons "slurmd:$STATE_DIR/slurmd.pid" "slurmctld:$STATE_DIR/slurmctld.pid" "munged:$MUNGE_DIR/munged.pid"
     case $STATE_DIR in
         / | "" | /tmp | /var | /etc | /root) die "refusing to remove $STATE_DIR" ;;
     esac
@@ -340,7 +385,10 @@ case "${1:-}" in
     start) cmd_start ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
-    env) echo "export SLURM_CONF=$CONF" ;;
+    env)
+        echo "export SLURM_CONF=$CONF"
+        echo "export PATH=$STATE_DIR/bin:\$PATH"
+        ;;
     *)
         echo "usage: $0 {install|start|stop|status|env}" >&2
         exit 2

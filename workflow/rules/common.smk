@@ -1,5 +1,6 @@
 # Shared set-up: validate config and videos table before any job starts; input functions.
 import json
+import re
 from pathlib import Path
 
 from sipec_models.config import ConfigError, load_videos, validate_config
@@ -18,7 +19,7 @@ VIDEO_IDS = list(VIDEOS.index)
 
 
 wildcard_constraints:
-    video="|".join(map(regex_escape, VIDEO_IDS)) or "NO_VIDEO",
+    video="|".join(map(re.escape, VIDEO_IDS)) or "NO_VIDEO",
     chunk=r"\d{4}",
 
 

@@ -1,0 +1,81 @@
+"""Background model and per-chunk segmentation (the ``background`` and ``segment`` rules)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from sipec_models.inference.ingest import load_plan, load_probe
+from sipec_models.io.store import provenance, spec_field, write_store
+from sipec_models.segmentation.classical import ClassicalConfig, estimate_background, segment_chunk
+
+log = logging.getLogger(__name__)
+
+
+def run_background(video, probe_json, samples: int, out) -> np.ndarray:
+    """Estimate the median background of ``video`` and save it as ``.npy`` (float32 ``(H, W)``)."""
+    info, _ = load_probe(probe_json)
+    background = estimate_background(video, info=info, n_samples=samples, progress=True)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npy")
+    try:
+        np.save(tmp, background.astype(np.float32))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return background
+
+
+def load_background(path, info) -> np.ndarray:
+    background = np.load(path)
+    if background.shape != (info.height, info.width):
+        raise ValueError(
+            f"{path}: background is {background.shape[1]}x{background.shape[0]} but the video is "
+            f"{info.width}x{info.height}; delete it so the workflow recomputes it"
+        )
+    return background
+
+
+def run_segment(
+    video, video_id: str, probe, plan, chunk: int, background, n_animals: int,
+    options: Mapping[str, Any], tracking: Mapping[str, Any], out,
+) -> Path:
+    """Segment frames ``[start, stop)`` of chunk ``chunk`` and write the chunk store ``out``.
+
+    ``options`` is the ``segmentation`` section of the config, ``tracking``
+    its ``tracking`` section (the chunk-local tracks are linked here).
+    """
+    info, checksum = load_probe(probe)
+    chunks = load_plan(plan)["chunks"]
+    if not 0 <= chunk < len(chunks):
+        raise ValueError(f"{plan}: has no chunk {chunk} (it lists {len(chunks)})")
+    start, stop = chunks[chunk]["start"], chunks[chunk]["stop"]
+    method = options.get("method", "classical")
+    if method != "classical":
+        raise ValueError(f"segmentation.method {method!r} is not available")
+    cfg = ClassicalConfig.from_dict(options.get("classical", {}))
+    n_instances = n_animals + int(options.get("extra_instances", 0))
+    arrays = segment_chunk(
+        video, start, stop, load_background(background, info), cfg,
+        n_animals=n_animals, n_instances=n_instances, crop_size=int(options.get("crop_size", 64)),
+        color=options.get("color", "gray"), info=info, progress=True,
+        tracking=dict(tracking),
+    )
+    fields = {name: spec_field(name, a) for name, a in arrays.items()}
+    attrs = {
+        "video_id": video_id, "chunk": chunk, "frame_start": start, "frame_stop": stop,
+        "n_instances": n_instances, "n_animals": n_animals, "crop_size": int(options.get("crop_size", 64)),
+        "segmenter": method, "fps": info.fps,
+        "provenance": provenance(video, checksum, {"segmentation": dict(options), "tracking": dict(tracking)}),
+    }
+    write_store(out, fields, attrs)
+    found = arrays["n_found"]
+    log.info("chunk %d [%d, %d): %d frames, mean %.2f blobs/frame, %d frames with fewer than %d, %d with more",
+             chunk, start, stop, stop - start, found.mean(), int((found < n_animals).sum()), n_animals,
+             int((found > n_animals).sum()))
+    return Path(out)

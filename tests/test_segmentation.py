@@ -1,0 +1,291 @@
+"""Classical segmenter: synthetic scenes drawn here, chunk arrays, config errors, and the real fly clip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+
+from sipec_models.io.video import probe, write_video
+from sipec_models.segmentation.classical import (
+    ClassicalConfig, ClassicalSegmenter, calibrate, crop_window, decide_polarity, estimate_background,
+    segment_chunk, segment_frame,
+)
+from sipec_models.segmentation.flags import AT_BORDER, EXTRA, MERGED_SPLIT, decode_flags, flag_arrays
+from sipec_models.tracking import box_iou, identity_switches, instances_to_slots
+
+FLOOR, ANIMAL = 200, 60  # light arena, dark animals (grey levels)
+
+
+def ellipse(shape, cx, cy, a, b, angle_deg=0.0) -> np.ndarray:
+    """Bool mask of a filled ellipse: centre (cx, cy) px, semi-axes a (along angle) and b."""
+    y, x = np.mgrid[:shape[0], :shape[1]]
+    th = np.deg2rad(angle_deg)
+    u = (x - cx) * np.cos(th) + (y - cy) * np.sin(th)
+    v = -(x - cx) * np.sin(th) + (y - cy) * np.cos(th)
+    return (u / a) ** 2 + (v / b) ** 2 <= 1
+
+
+def scene(shape, animals, noise=3.0, seed=0, floor=FLOOR, value=ANIMAL) -> np.ndarray:
+    """uint8 frame: ``floor`` plus Gaussian noise, animals ``(cx, cy, a, b, angle)`` painted ``value``."""
+    rng = np.random.default_rng(seed)
+    frame = np.full(shape, float(floor)) + rng.normal(0, noise, shape)
+    for cx, cy, a, b, ang in animals:
+        frame[ellipse(shape, cx, cy, a, b, ang)] = value + rng.normal(0, noise)
+    return np.clip(np.round(frame), 0, 255).astype(np.uint8)
+
+
+BG = np.full((128, 128), float(FLOOR), np.float32)
+CFG = ClassicalConfig(polarity="dark", threshold=30, seed_threshold=60)
+
+
+def centres(instances):
+    return np.array([i.com for i in instances])
+
+
+def test_two_separate_animals():
+    frame = scene((128, 128), [(40, 40, 14, 6, 20), (90, 85, 12, 5, -40)])
+    inst = segment_frame(frame, BG, CFG, n_animals=2)
+    assert len(inst) == 2
+    assert all(i.flags == 0 for i in inst)
+    got = centres(inst)
+    assert np.allclose(got[np.argsort(got[:, 0])], [[40, 40], [90, 85]], atol=0.6)
+    big = inst[0]
+    assert big.area == pytest.approx(np.count_nonzero(ellipse((128, 128), 40, 40, 14, 6, 20)), rel=0.05)
+    assert big.mask.shape == (big.box[3] - big.box[1], big.box[2] - big.box[0])
+    assert big.full_mask((128, 128)).sum() == big.area
+    assert 0.5 < big.score <= 1 and inst[0].area >= inst[1].area
+
+
+def test_auto_resolution_from_the_frame():
+    frame = scene((128, 128), [(40, 40, 14, 6, 20), (90, 85, 12, 5, -40)])
+    assert decide_polarity(BG, frame[None]) == "dark"
+    inst = segment_frame(frame, BG, ClassicalConfig(), n_animals=2)
+    assert len(inst) == 2
+    light = 255 - frame
+    assert decide_polarity(255 - BG, light[None]) == "light"
+    assert len(segment_frame(light, 255 - BG, ClassicalConfig(), n_animals=2)) == 2
+
+
+def test_touching_pair_is_split():
+    truth = [(50, 64, 16, 7, 0), (78, 64, 16, 7, 0)]  # end to end, overlapping by 4 px
+    frame = scene((128, 128), truth)
+    seg = ClassicalSegmenter(BG, CFG)
+    assert len(seg.blobs(frame)) == 1
+    single = np.count_nonzero(ellipse((128, 128), 50, 64, 16, 7))
+    for prev in (None, np.array([[48.0, 63.0], [80.0, 65.0]])):
+        inst = seg.segment(frame, n_animals=2, prev_centres=prev, ref_area=single)
+        assert len(inst) == 2
+        assert all(i.flags & MERGED_SPLIT for i in inst)
+        got = centres(inst)
+        assert np.allclose(got[np.argsort(got[:, 0])], [[50, 64], [78, 64]], atol=2.5)
+        assert sum(i.area for i in inst) == seg.blobs(frame)[0][2].sum()
+
+
+def test_side_by_side_pair_split_follows_seeds():
+    truth = [(64, 56, 20, 7, 0), (64, 69, 20, 7, 0)]  # parallel, touching along their length
+    frame = scene((128, 128), truth)
+    inst = segment_frame(frame, BG, CFG, n_animals=2, prev_centres=np.array([[64.0, 55.0], [64.0, 70.0]]))
+    got = centres(inst)
+    assert len(inst) == 2
+    assert np.allclose(got[np.argsort(got[:, 1])], [[64, 56], [64, 69]], atol=2.0)
+
+
+def test_single_animal_is_not_split_when_its_area_is_known():
+    frame = scene((128, 128), [(64, 64, 16, 7, 30)])
+    area = np.count_nonzero(ellipse((128, 128), 64, 64, 16, 7, 30))
+    inst = segment_frame(frame, BG, CFG, n_animals=2, ref_area=area)
+    assert len(inst) == 1 and inst[0].flags == 0
+    assert inst[0].score > 0.5
+    # Without n_animals nothing is ever split.
+    two = scene((128, 128), [(50, 64, 16, 7, 0), (78, 64, 16, 7, 0)])
+    assert len(segment_frame(two, BG, CFG)) == 1
+
+
+def test_border_blob_is_flagged():
+    frame = scene((128, 128), [(4, 60, 14, 6, 0), (80, 80, 12, 6, 0)])
+    inst = segment_frame(frame, BG, CFG, n_animals=2)
+    border = [i for i in inst if i.box[0] == 0]
+    assert len(border) == 1 and border[0].flags == AT_BORDER
+    assert [i.flags for i in inst if i.box[0] > 0] == [0]
+
+
+def test_noise_and_specks_are_rejected():
+    rng = np.random.default_rng(3)
+    frame = scene((128, 128), [(64, 64, 14, 6, 10)], noise=6.0)
+    # Faint blobs (beyond the mask threshold, never beyond the seed threshold) and tiny dark specks.
+    for cx, cy in [(20, 20), (100, 30), (30, 100)]:
+        frame[ellipse((128, 128), cx, cy, 6, 4)] = FLOOR - 40
+    ys, xs = rng.integers(0, 128, 30), rng.integers(0, 128, 30)
+    frame[ys, xs] = 0
+    inst = segment_frame(frame, BG, CFG, n_animals=1)
+    assert len(inst) == 1 and np.allclose(inst[0].com, (64, 64), atol=1)
+    # Without hysteresis the faint blobs come back.
+    plain = ClassicalConfig(polarity="dark", threshold=30, seed_threshold=30)
+    assert len(segment_frame(frame, BG, plain, n_animals=1)) == 4
+
+
+def test_windowed_labelling_equals_whole_frame():
+    """Labelling in windows around seed clusters must find exactly the whole-frame components."""
+    rng = np.random.default_rng(7)
+    frame = np.full((300, 400), 200, np.uint8)
+    lines = [((10, 280), (20, 30)), ((150, 155), (0, 400)), ((40, 260), (300, 304))]  # long, cross windows
+    for (y0, y1), (x0, x1) in lines:
+        frame[y0:y1, x0:x1] = 150  # faint: mask threshold only
+    for cx, cy in rng.uniform(10, 290, (12, 2)):
+        frame[ellipse(frame.shape, cx, cy, 9, 5, rng.uniform(0, 180))] = 40  # seeds
+    frame[150:154, 395:400] = 40  # a seed at the far end of the long line
+    background = np.full(frame.shape, 200, np.float32)
+    seg = ClassicalSegmenter(background, ClassicalConfig(polarity="dark", threshold=20, seed_threshold=100,
+                                                         open_radius=0, close_radius=0, fill_holes=False))
+    labels, n = ndi.label(seg.foreground(frame), structure=np.ones((3, 3), bool))
+    seeded = np.unique(labels[seg.foreground(frame, seed=True)])
+    expected = {(sl[0].start, sl[1].start, (labels[sl] == k).tobytes())
+                for k, sl in enumerate(ndi.find_objects(labels), 1) if k in seeded}
+    got = {(y, x, m.tobytes()) for y, x, m in seg._components(frame)}
+    assert got == expected
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="'treshold'"):
+        ClassicalConfig.from_dict({"treshold": 20})
+    with pytest.raises(ValueError, match="'min_area'"):
+        ClassicalConfig.from_dict({"min_area": "big"})
+    with pytest.raises(ValueError, match="'split_merged'"):
+        ClassicalConfig.from_dict({"split_merged": 1})
+    with pytest.raises(ValueError, match="'polarity'"):
+        ClassicalConfig.from_dict({"polarity": "bright"})
+    with pytest.raises(ValueError, match="'seed_threshold'"):
+        ClassicalConfig.from_dict({"threshold": 30, "seed_threshold": 10})
+    cfg = ClassicalConfig.from_dict({"threshold": 25, "max_area": None, "min_area": 10})
+    assert cfg.threshold == 25.0 and cfg.min_area == 10
+    assert ClassicalConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_flags_decode():
+    assert decode_flags(0) == ()
+    assert decode_flags(MERGED_SPLIT | AT_BORDER) == ("merged", "at_border")
+    assert decode_flags(EXTRA) == ("extra",)
+    with pytest.raises(ValueError):
+        decode_flags(8)
+    arr = flag_arrays(np.array([[1, 6]], np.uint8))
+    assert arr["merged"].tolist() == [[True, False]] and arr["extra"].tolist() == [[False, True]]
+
+
+# --------------------------------------------------------------------------- videos
+
+
+def arena_frames(n=24, size=96):
+    """Dark animals on a light floor: two walking left to right, a small third one from frame 12."""
+    frames = []
+    for t in range(n):
+        animals = [(20 + 2 * t, 30, 10, 5, 0), (70 - t, 70, 9, 4, 30)]
+        if t >= 12:
+            animals.append((80, 15, 5, 3, 0))
+        frames.append(scene((size, size), animals, noise=2.0, seed=t))
+    return np.stack(frames)
+
+
+@pytest.fixture(scope="module")
+def arena_video(tmp_path_factory):
+    path = tmp_path_factory.mktemp("seg") / "arena.mp4"
+    write_video(path, arena_frames(), fps=25.0)
+    return path
+
+
+def test_segment_chunk_arrays(arena_video):
+    info = probe(arena_video)
+    background = np.full((96, 96), float(FLOOR), np.float32)
+    cfg = ClassicalConfig(polarity="dark", threshold=30, seed_threshold=60)
+    S = 32
+    out = segment_chunk(arena_video, 4, 20, background, cfg, n_animals=2, n_instances=2, crop_size=S,
+                        info=info, progress=False)
+    T = 16
+    expect = {"box": ((T, 2, 4), np.float32), "com": ((T, 2, 2), np.float32), "area": ((T, 2), np.float32),
+              "score": ((T, 2), np.float32), "flags": ((T, 2), np.uint8), "n_found": ((T,), np.int16),
+              "crop_origin": ((T, 2, 2), np.int32), "mask": ((T, 2, S, S), np.bool_),
+              "crop": ((T, 2, S, S), np.uint8), "local_track": ((T, 2), np.int32)}
+    assert set(out) == set(expect)
+    for name, (shape, dtype) in expect.items():
+        assert out[name].shape == shape and out[name].dtype == dtype, name
+    # The third animal appears at frame 12 (chunk row 8): it is counted, the two largest are kept, flagged EXTRA.
+    assert out["n_found"][:8].tolist() == [2] * 8 and out["n_found"][8:].tolist() == [3] * 8
+    assert not (out["flags"][:8] & EXTRA).any() and (out["flags"][8:] & EXTRA).all()
+    assert np.all(out["area"][8:] > 80)
+    # Crops: square windows centred on the COM, masked pixels only.
+    origin = np.floor(out["com"] + 0.5).astype(int) - S // 2
+    assert np.array_equal(out["crop_origin"], origin)
+    assert np.all(out["crop"][~out["mask"]] == 0) and np.all(out["crop"][out["mask"]] < 150)
+    assert np.allclose(out["mask"].sum(axis=(2, 3)), out["area"])
+    # Two animals moving apart: one track each, no switches.
+    positions = instances_to_slots(out["local_track"], {"com": out["com"]}, n_slots=2)["com"]
+    truth = np.array([[[20 + 2 * t, 30], [70 - t, 70]] for t in range(4, 20)], float)
+    assert identity_switches(positions, truth).tolist() == [0, 0]
+    order = [0, 1] if abs(positions[0, 0, 0] - truth[0, 0, 0]) < 5 else [1, 0]
+    assert np.abs(positions[:, order] - truth).max() < 1.5
+
+
+def test_segment_chunk_rgb_crops_and_padding(arena_video):
+    background = np.full((96, 96), float(FLOOR), np.float32)
+    cfg = ClassicalConfig(polarity="dark", threshold=30, seed_threshold=60)
+    out = segment_chunk(arena_video, 0, 3, background, cfg, n_animals=2, n_instances=3, crop_size=48,
+                        color="rgb", progress=False)
+    assert out["crop"].shape == (3, 3, 48, 48, 3)
+    # Slot 2 is empty: NaN, zeros and -1.
+    assert np.isnan(out["box"][:, 2]).all() and not out["mask"][:, 2].any() and (out["local_track"][:, 2] == -1).all()
+    # The animal at x ~ 20 has a crop window that starts left of the frame: padded with zeros.
+    ox = out["crop_origin"][0, :2, 0]
+    assert ox.min() < 0
+    k = int(np.argmin(ox))
+    assert not out["mask"][0, k, :, : -ox[k]].any()
+    assert crop_window((20.5, 30.49), 48) == (-3, 6)
+
+
+def test_background_ignores_resting_animal(tmp_path):
+    """An animal resting at one spot for 70 % of the frames stays out of the default background."""
+    frames = []
+    for t in range(30):
+        x = 30 if t < 21 else 30 + 3 * (t - 20)
+        frames.append(scene((64, 64), [(x, 32, 9, 5, 0)], noise=1.0, seed=t))
+    path = tmp_path / "rest.mp4"
+    write_video(path, np.stack(frames), fps=25.0)
+    info = probe(path)
+    bg = estimate_background(path, info, n_samples=30)
+    median = estimate_background(path, info, n_samples=30, quantile=0.5)
+    assert bg.dtype == np.float32 and bg.shape == (64, 64)
+    assert abs(bg[32, 30] - FLOOR) < 10        # the resting spot is floor
+    assert median[32, 30] < FLOOR - 60          # the median keeps the resting animal
+    cfg = calibrate(path, bg, ClassicalConfig(), info=info)
+    assert cfg.polarity == "dark" and cfg.threshold >= cfg.min_threshold and cfg.seed_threshold >= cfg.threshold
+    out = segment_chunk(path, 0, 30, bg, cfg, n_animals=1, n_instances=1, crop_size=16, info=info, progress=False)
+    assert np.isfinite(out["com"][:, 0, 0]).all()
+    assert np.allclose(out["com"][:5, 0], [30, 32], atol=1.0)
+
+
+# --------------------------------------------------------------------------- real data
+
+
+@pytest.mark.realdata
+def test_flies_clip_first_frames(shared_data):
+    """Both flies of the SLEAP clip are found (box IoU >= 0.5 against keypoint boxes + 10 px) and tracked."""
+    folder = shared_data / "sleap_flies"
+    if not (folder / "clip.mp4").exists() or not (folder / "clip.slp").exists():
+        pytest.skip(f"{folder} lacks clip.mp4 / clip.slp")
+    import sleap_io
+
+    video, T = folder / "clip.mp4", 100
+    labels = sleap_io.load_slp(str(folder / "clip.slp"))
+    pts = np.full((T, 2, len(labels.skeletons[0].nodes), 2), np.nan)
+    for lf in labels.labeled_frames:
+        for inst in lf.instances:
+            if lf.frame_idx < T and inst.track is not None and inst.track.name in ("female", "male"):
+                pts[lf.frame_idx, ("female", "male").index(inst.track.name)] = inst.numpy()
+    truth = np.concatenate([np.nanmin(pts, 2) - 10, np.nanmax(pts, 2) + 10], axis=-1)
+    info = probe(video)
+    background = estimate_background(video, info, n_samples=10)
+    out = segment_chunk(video, 0, T, background, ClassicalConfig(), n_animals=2, n_instances=2, crop_size=64,
+                        info=info, progress=False)
+    found = np.array([(box_iou(truth[t], out["box"][t]).max(axis=1) >= 0.5).all() for t in range(T)])
+    assert found.mean() >= 0.95
+    positions = instances_to_slots(out["local_track"], {"com": out["com"]}, n_slots=2)["com"]
+    assert identity_switches(positions, np.nanmean(pts, axis=2)).sum() == 0
