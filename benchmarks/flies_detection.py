@@ -228,7 +228,8 @@ def main(argv=None) -> int:
     d = result["detection"]
     rows = [
         ("frames", f"{n_frames}"),
-        ("truth box margin", f"{args.margin:g} px (fly head-abdomen {result['fly_size_px']['head_to_abdomen_median']:.0f} px)"),
+        ("truth box margin", f"{args.margin:g} px (fly head to abdomen tip "
+                             f"{result['fly_size_px']['head_to_abdomen_median']:.0f} px)"),
         ("resolved polarity / threshold / seed", f"{resolved.polarity} / {resolved.threshold:g} / "
                                                  f"{resolved.seed_threshold:g} grey levels"),
         ("both flies found (IoU>=0.5)", f"{d['both_found']:.3f}"),
@@ -240,7 +241,8 @@ def main(argv=None) -> int:
                                              f"(keypoint boxes without margin: {d['frames_keypoint_boxes_overlap']})"),
         ("both found when truth boxes overlap", f"{d['both_found_when_truth_overlaps']}"),
         ("centre error mean / median / p95 px", "{mean:.2f} / {median:.2f} / {p95:.2f}".format(**d["centre_error_px"])),
-        ("COM to thorax mean / median / p95 px", "{mean:.2f} / {median:.2f} / {p95:.2f}".format(**d["thorax_error_px"])),
+        ("COM to thorax mean / median / p95 px",
+         "{mean:.2f} / {median:.2f} / {p95:.2f}".format(**d["thorax_error_px"])),
         ("identity switches unchunked (per track)", f"{sw_whole.sum()} {sw_whole.tolist()}"),
         (f"identity switches chunked ({args.chunk_size})", f"{sw_chunked.sum()} {sw_chunked.tolist()}"),
         ("chunked both found", f"{det_chunked['both_found']:.3f}"),

@@ -114,7 +114,7 @@ RIM_MM = 10.0  #: wall thickness (the light rim seen from above)
 CAMERA_HEIGHT_MM = 520.0
 CAMERA_BACK_MM = ARENA_MM / 2 - 15.0  #: camera's horizontal distance behind the arena centre (inside the near wall)
 CONTACT_MM = 10.0  #: outlines closer than this touch
-NOISE_GREY = 1.5  #: standard deviation of the per-frame sensor noise, grey levels
+NOISE_GREY = 1.0  #: standard deviation of the per-frame sensor noise, grey levels
 
 # Behaviour chain: mean bout length (s) and transition probabilities (row: from).
 _BOUT_MEAN_S = np.array([2.2, 1.3, 1.1, 2.0])
@@ -379,6 +379,23 @@ def _outline(sh: _Shape, n: int = 24) -> np.ndarray:
     return pts
 
 
+def _boundary(sh: _Shape) -> np.ndarray:
+    """(K, 2) points (s, t) every 2-3 mm along the outlines of body, head and ears."""
+    global _BOUNDARY_UNIT
+    if _BOUNDARY_UNIT is None:
+        phi = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+        ear = np.linspace(0, 2 * np.pi, 8, endpoint=False)
+        _BOUNDARY_UNIT = (np.stack([np.cos(phi), np.sin(phi)], 1), np.linspace(0, 1, 10), np.stack([np.cos(ear), np.sin(ear)], 1))
+    circle, u, ear = _BOUNDARY_UNIT
+    body = circle * (sh.a, sh.b)
+    side = np.stack([sh.s0 + u * (sh.s1 - sh.s0), sh.hw * (1 - u)], 1)
+    ears = ear * sh.re + (sh.se, sh.te)
+    return np.concatenate([body, side, side * (1, -1), ears, ears * (1, -1)])
+
+
+_BOUNDARY_UNIT = None
+
+
 def _tail(sh: _Shape, bend0: float, curvature: float, n: int = 8) -> np.ndarray:
     """(n + 1, 2) tail centre line (s, t) from the tail base backwards."""
     du = sh.tail_len / n
@@ -445,27 +462,47 @@ def _bout_length(rng: np.random.Generator, state: int, fps: float) -> int:
     return max(1, int(round(seconds * fps)))
 
 
-def _gap(i_pose, j_pose) -> float:
-    """Smallest signed distance (mm) of animal i's outline to animal j's silhouette.
+def _reach(sh: _Shape) -> float:
+    """Largest distance (mm) of the silhouette (tail excluded) from the body centre."""
+    return max(sh.s1, sh.a, sh.b, math.hypot(sh.se, sh.te + sh.re))
 
-    A pose is ``(x, y, heading, shape)``; the gap is negative when they overlap.
+
+def _silhouette_sd(points: np.ndarray, pose) -> np.ndarray:
+    """Signed distance (mm, < 0 inside) of world points ``(K, 2)`` to a posed silhouette."""
+    x, y, theta, sh = pose
+    s, t = _to_local(points[:, 0], points[:, 1], x, y, theta)
+    body, ears = _sd_animal(s, t, sh)
+    return np.minimum(body, ears)
+
+
+def _pair_gap(a, b, cutoff: float = math.inf) -> float:
+    """Gap (mm) between two posed silhouettes (tails excluded); negative when they overlap.
+
+    A pose is ``(x, y, heading, shape)``. Apart, the gap is the distance between
+    the outlines (sampled every 2-3 mm); overlapping, it is minus the deepest
+    penetration of one outline into the other. Exact (up to the sampling) when
+    the gap is at most ``cutoff``; otherwise any number above ``cutoff`` (cheap).
     """
-    (xi, yi, thi, shi), (xj, yj, thj, shj) = i_pose, j_pose
-    world = _to_world(_outline(shi), xi, yi, thi)
-    s, t = _to_local(world[:, 0], world[:, 1], xj, yj, thj)
-    body, ears = _sd_animal(s, t, shj)
-    return float(np.minimum(body, ears).min())
-
-
-def _pair_gap(a, b) -> float:
-    """Symmetric gap (mm) between two poses."""
-    return min(_gap(a, b), _gap(b, a))
+    bound = math.hypot(a[0] - b[0], a[1] - b[1]) - _reach(a[3]) - _reach(b[3])
+    if bound > cutoff:
+        return bound
+    pa = _to_world(_boundary(a[3]), a[0], a[1], a[2])
+    pb = _to_world(_boundary(b[3]), b[0], b[1], b[2])
+    depth = min(_silhouette_sd(pa, b).min(), _silhouette_sd(pb, a).min())
+    if depth < 0:
+        return float(depth)
+    if cutoff <= 0:
+        return max(bound, 0.0) + 1e-6
+    d = pa[:, None, :] - pb[None, :, :]
+    return float(np.sqrt((d**2).sum(-1).min()))
 
 
 def _clamp_to_arena(x: float, y: float, theta: float, sh: _Shape, margin: float = 3.0) -> tuple[float, float]:
     """Move the centre so the whole outline stays inside the walls."""
-    pts = _to_world(_outline(sh, 16), 0.0, 0.0, theta)
     h = ARENA_MM / 2 - margin
+    if max(abs(x), abs(y)) + _reach(sh) <= h:
+        return x, y
+    pts = _to_world(_outline(sh, 16), 0.0, 0.0, theta)
     x = min(max(x, -h - pts[:, 0].min()), h - pts[:, 0].max())
     y = min(max(y, -h - pts[:, 1].min()), h - pts[:, 1].max())
     return x, y
@@ -475,6 +512,7 @@ _WALK_SPEED_MM_S = (80.0, 180.0)  # range of walking speeds
 _SOCIAL_P = 0.3  # chance that a walking bout heads for another animal
 _AVOID_GAIN = 5.0  # rad/s, turning away from an animal ahead (at zero distance)
 _AVOID_RANGE = 1.5  # body lengths within which animals ahead are avoided
+_SEPARATE_ROUNDS = 2  # rounds of pushing overlapping animals apart per frame
 
 
 @dataclass
@@ -562,26 +600,31 @@ def _steering(sim: _Sim, i: int, apps: list[Appearance], shapes: list[_Shape]) -
         cross = (u[0] * d[1] - u[1] * d[0]) / dist  # > 0: j lies to the left
         if sim.social[i] == j:
             steer += 3.0 * cross
-            if dist < 1.5 * length and _gap(sim.pose(i, shapes), sim.pose(j, shapes)) <= CONTACT_MM:
+            if _pair_gap(sim.pose(i, shapes), sim.pose(j, shapes), cutoff=CONTACT_MM) <= CONTACT_MM:
                 sim.social[i] = -1  # reached: from now on it avoids (and passes) the other
         elif dist < _AVOID_RANGE * length and (u @ d) / dist > 0.2:
             steer -= _AVOID_GAIN * (1 - dist / (_AVOID_RANGE * length)) * np.sign(cross + 1e-12)
     return steer if sim.state[i] == _WALK else 0.1 * steer
 
 
-def _separate(sim: _Sim, shapes: list[_Shape], push: float) -> None:
-    """Push overlapping animals apart by ``push`` of their overlap, then keep them inside the walls."""
+def _separate(sim: _Sim, shapes: list[_Shape], push: float, rounds: int = _SEPARATE_ROUNDS) -> None:
+    """Push overlapping animals apart by ``push`` of their overlap and keep them inside the walls.
+
+    Repeated ``rounds`` times, so an animal pinned against a wall is not pushed
+    back into its neighbour by the wall.
+    """
     n = len(sim.pos)
-    for i in range(n):
-        for j in range(i + 1, n):
-            gap = _pair_gap(sim.pose(i, shapes), sim.pose(j, shapes))
-            if gap < 0:
-                d = sim.pos[i] - sim.pos[j]
-                d = d / (np.hypot(*d) + 1e-9)
-                sim.pos[i] += d * push * -gap / 2
-                sim.pos[j] -= d * push * -gap / 2
-    for i in range(n):
-        sim.pos[i] = _clamp_to_arena(sim.pos[i, 0], sim.pos[i, 1], sim.theta[i], shapes[i])
+    for _ in range(rounds):
+        for i in range(n):
+            for j in range(i + 1, n):
+                gap = _pair_gap(sim.pose(i, shapes), sim.pose(j, shapes), cutoff=0.0)
+                if gap < 0:
+                    d = sim.pos[i] - sim.pos[j]
+                    d = d / (np.hypot(*d) + 1e-9)
+                    sim.pos[i] += d * push * -gap / 2
+                    sim.pos[j] -= d * push * -gap / 2
+        for i in range(n):
+            sim.pos[i] = _clamp_to_arena(sim.pos[i, 0], sim.pos[i, 1], sim.theta[i], shapes[i])
 
 
 def simulate(
@@ -648,6 +691,8 @@ def _tail_inside(pose, bend: float, curvature: float, margin: float = 2.0) -> fl
     """The tail bend nearest ``bend`` (rad) that keeps the tail inside the walls."""
     x, y, theta, sh = pose
     h = ARENA_MM / 2 - margin
+    if max(abs(x), abs(y)) + sh.a + sh.tail_len <= h:
+        return bend
     for delta in (0.0, *[sign * k * 0.2 for k in range(1, 16) for sign in (1, -1)]):
         tail = _to_world(_tail(sh, bend + delta, curvature), x, y, theta)
         if np.abs(tail).max() <= h:
@@ -662,7 +707,7 @@ def _label_touch(traj: Trajectories, apps: list[Appearance]) -> None:
         poses = [(traj.x[f, i], traj.y[f, i], traj.heading[f, i], traj.shape(apps, f, i)) for i in range(n)]
         for i in range(n):
             for j in range(i + 1, n):
-                if _pair_gap(poses[i], poses[j]) <= CONTACT_MM:
+                if _pair_gap(poses[i], poses[j], cutoff=CONTACT_MM) <= CONTACT_MM:
                     traj.touch[f, i] = traj.touch[f, j] = True
 
 
@@ -831,14 +876,17 @@ def _visible_polygons(vis: np.ndarray, x0: int, y0: int) -> list[list[float]]:
 
     The outlines are the mask's marching-squares contours (vertices on half-pixel
     steps, so exact in floating point) with collinear vertices removed: pixel
-    centres inside the polygons are exactly the mask (holes, which are rare, filled).
+    centres inside the polygons are exactly the mask, except that holes (rare:
+    an occluder entirely inside the animal) are filled.
     """
-    filled = ndimage.binary_fill_holes(vis)
-    contours = measure.find_contours(np.pad(filled, 1).astype(np.float32), 0.5)
+    contours = measure.find_contours(np.pad(vis, 1).astype(np.float32), 0.5)
     polys = []
     for c in contours:
         if len(c) > 1 and np.array_equal(c[0], c[-1]):
             c = c[:-1]
+        x, y = c[:, 1], c[:, 0]
+        if np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)) <= 0:
+            continue  # a hole's outline runs the other way round
         c = _drop_collinear(c)
         if len(c) < 3:
             continue

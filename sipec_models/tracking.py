@@ -85,7 +85,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     w = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
     h = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
     inter = np.clip(w, 0, None) * np.clip(h, 0, None)
-    union = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1]) + (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1]) - inter
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - inter
     with np.errstate(invalid="ignore", divide="ignore"):
         iou = inter / union
     return np.nan_to_num(iou, nan=0.0, posinf=0.0, neginf=0.0)
@@ -149,7 +151,7 @@ def link_frames(
         if np.isfinite(max_distance):
             cost[near] = 1.0 + dist[near] / max_distance
         else:
-            # Everything is within reach: rank distance pairs by rank of distance.
+            # No distance limit: a bounded cost, increasing with distance, in [1, 2).
             cost[near] = 1.0 + dist[near] / (1.0 + dist[near])
         rows, cols = linear_sum_assignment(cost)
         ok = cost[rows, cols] < _INFEASIBLE
@@ -161,7 +163,9 @@ def link_frames(
     by_overlap = np.lexsort((io, jo, dist[io, jo], -iou[io, jo]))
     idn, jdn = np.nonzero(near)
     by_distance = np.lexsort((idn, jdn, dist[idn, jdn]))
-    for i, j in zip(np.concatenate([io[by_overlap], idn[by_distance]]), np.concatenate([jo[by_overlap], jdn[by_distance]])):
+    pairs_i = np.concatenate([io[by_overlap], idn[by_distance]])
+    pairs_j = np.concatenate([jo[by_overlap], jdn[by_distance]])
+    for i, j in zip(pairs_i, pairs_j):
         if match[j] < 0 and not used_prev[i]:
             match[j] = i
             used_prev[i] = True
@@ -282,7 +286,10 @@ def track_chunk(
     com = _centres(box, None).reshape(box.shape[:2] + (2,)) if com is None else np.asarray(com, np.float64)
     valid = _valid(box)
     out = np.full(box.shape[:2], -1, np.int32)
-    tracker = _SlotTracker(n_animals, method, max_distance) if n_animals else _OpenTracker(method, max_distance, max_gap)
+    if n_animals:
+        tracker = _SlotTracker(n_animals, method, max_distance)
+    else:
+        tracker = _OpenTracker(method, max_distance, max_gap)
     for t in range(box.shape[0]):
         idx = np.flatnonzero(valid[t])
         if idx.size:
@@ -384,7 +391,7 @@ def identity_switches(pred: np.ndarray, truth: np.ndarray, max_distance: float |
     """
     pred = np.asarray(pred, np.float64)
     truth = np.asarray(truth, np.float64)
-    if pred.ndim != 3 or truth.ndim != 3 or pred.shape[0] != truth.shape[0] or pred.shape[2] != 2 or truth.shape[2] != 2:
+    if pred.ndim != 3 or truth.ndim != 3 or len(pred) != len(truth) or (pred.shape[2], truth.shape[2]) != (2, 2):
         raise ValueError(f"pred (T, N, 2) and truth (T, G, 2) must share T; got {pred.shape} and {truth.shape}")
     truth_ok = np.isfinite(truth).all(axis=(1, 2))
     dist = np.linalg.norm(pred[:, :, None, :] - truth[:, None, :, :], axis=-1)  # (T, N, G)

@@ -43,3 +43,14 @@ def small_video(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("video") / "square.mp4"
     write_video(path, moving_square_frames(), fps=25.0)
     return path
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> Path:
+    """A working directory where the workflow ran locally on the small demo (see tests/workflow_helpers.py)."""
+    from tests.workflow_helpers import SMALL_DEMO, run_snakemake, write_workdir
+
+    workdir = write_workdir(tmp_path_factory.mktemp("demo_run"), SMALL_DEMO)
+    result = run_snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stdout[-6000:]
+    return workdir

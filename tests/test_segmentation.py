@@ -146,6 +146,33 @@ def test_windowed_labelling_equals_whole_frame():
     assert got == expected
 
 
+def test_blobs_equal_whole_frame_morphology():
+    """Morphology inside boxes and groups must equal opening, closing and hole filling of the whole frame."""
+    rng = np.random.default_rng(11)
+    frame = scene((160, 160), [], noise=4.0, seed=11)
+    for k in range(14):  # animals with gaps of 0..6 px to a neighbour, some at the border
+        cx, cy = rng.uniform(0, 160, 2)
+        frame[ellipse(frame.shape, cx, cy, rng.uniform(4, 12), rng.uniform(2, 5), rng.uniform(0, 180))] = 70
+        frame[ellipse(frame.shape, cx + 13 + k % 7, cy, 5, 3)] = 120  # faint partner a few px away
+    frame[ellipse(frame.shape, 80, 80, 10, 10) & ~ellipse(frame.shape, 80, 80, 4, 4)] = 60  # a ring: hole
+    cfg = ClassicalConfig(polarity="dark", threshold=40, seed_threshold=100, min_area=15, close_radius=2)
+    seg = ClassicalSegmenter(np.full(frame.shape, float(FLOOR), np.float32), cfg)
+    eight = np.ones((3, 3), bool)
+    labels, _ = ndi.label(seg.foreground(frame), structure=eight)
+    seeded = np.isin(labels, np.unique(labels[seg.foreground(frame, seed=True)])) & (labels > 0)
+    opened = ndi.binary_opening(seeded, seg.open_se)
+    m = cfg.close_radius + 1
+    closed = ndi.binary_closing(np.pad(opened, m), seg.close_se)[m:-m, m:-m]
+    lab, _ = ndi.label(closed, structure=eight)
+    expected = set()
+    for k, sl in enumerate(ndi.find_objects(lab), 1):
+        mask = ndi.binary_fill_holes(lab[sl] == k)
+        if mask.sum() >= cfg.min_area:
+            expected.add((sl[0].start, sl[1].start, mask.tobytes()))
+    got = {(y, x, mk.tobytes()) for y, x, mk in seg.blobs(frame)}
+    assert len(expected) > 5 and got == expected
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="'treshold'"):
         ClassicalConfig.from_dict({"treshold": 20})

@@ -132,3 +132,23 @@ def test_tiny_workflow_through_slurm(slurm_cluster, tmp_path):
 
     # status came from squeue, not sacct (no accounting database on the test cluster)
     assert "Falling back to 'sacct'" not in res.output, res.tail()
+
+
+def test_demo_workflow_through_slurm(slurm_cluster, demo_run, tmp_path_factory):
+    """The real workflow on the small demo through `--profile profiles/slurm`: same tables as the local run."""
+    import pandas as pd
+
+    from tests.workflow_helpers import SMALL_DEMO, SNAKEFILE, write_workdir
+
+    workdir = write_workdir(tmp_path_factory.mktemp("slurm_demo"), SMALL_DEMO)
+    res = run_snakemake_slurm(workdir, SNAKEFILE, extra_args=["--latency-wait", "5"], timeout=1200)
+    assert res.returncode == 0, res.tail()
+    comments = " ".join(j.comment for j in slurm_jobs(workdir))
+    for rule in ("probe", "segment", "track", "merge", "summary"):
+        assert f"rule_{rule}" in comments, comments
+    for video in ("arena_0", "arena_1"):
+        local = pd.read_parquet(demo_run / f"results/{video}/animals.parquet")
+        slurm = pd.read_parquet(workdir / f"results/{video}/animals.parquet")
+        pd.testing.assert_frame_equal(local, slurm)
+    summary_local = pd.read_csv(demo_run / "results/cohort_summary.csv")
+    pd.testing.assert_frame_equal(summary_local, pd.read_csv(workdir / "results/cohort_summary.csv"))

@@ -21,14 +21,6 @@ P95_COM_ERROR_PX = 4.0
 MAX_ID_SWITCHES_PER_VIDEO = 2
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    workdir = write_workdir(tmp_path_factory.mktemp("demo_run"), SMALL_DEMO)
-    result = run_snakemake(workdir, "--cores", "2")
-    assert result.returncode == 0, result.stdout[-6000:]
-    return workdir
-
-
 def truth_and_prediction(workdir, video):
     table = pd.read_parquet(workdir / f"results/{video}/animals.parquet")
     truth = pd.read_csv(workdir / f"resources/demo/{video}/centroids.csv")

@@ -21,8 +21,9 @@ arena whose animals differ in brightness from the floor):
 3. **Components**: 8-connected components of the foreground, opened with a
    disk of ``open_radius`` (removes noise and thin legs), closed with a disk
    of ``close_radius`` (bridges small gaps), holes filled, blobs under
-   ``min_area`` dropped. Morphology runs only inside the components'
-   bounding boxes, which keeps 1024 x 1024 frames fast.
+   ``min_area`` dropped. Labelling runs only in windows around the seed
+   pixels and morphology only inside the components' bounding boxes, which
+   keeps 1024 x 1024 frames fast.
 4. **Split**: when the number of animals is known and fewer blobs than
    animals are found, blobs large enough to hold several animals (area
    relative to the single-animal area) are split by k-means on their pixel
@@ -328,9 +329,17 @@ def estimate_background(
     samples = _read_samples(path, _sample_indices(info.n_frames, n_samples), info, progress, "background")
     if quantile is None:
         if polarity == "auto":
-            polarity = decide_polarity(np.median(samples, axis=0), samples)
+            polarity = decide_polarity(_pixel_quantile(samples, 0.5), samples)
         quantile = RESTING_QUANTILE if polarity == "light" else 1 - RESTING_QUANTILE
-    return np.quantile(samples, quantile, axis=0).astype(np.float32)
+    return _pixel_quantile(samples, quantile)
+
+
+def _pixel_quantile(samples: np.ndarray, q: float, rows: int = 64) -> np.ndarray:
+    """Per-pixel quantile over axis 0 of ``(S, H, W)`` -> ``(H, W)`` float32, in row blocks to bound memory."""
+    out = np.empty(samples.shape[1:], np.float32)
+    for r in range(0, samples.shape[1], rows):
+        out[r:r + rows] = np.quantile(samples[:, r:r + rows], q, axis=0)
+    return out
 
 
 def auto_thresholds(background: np.ndarray, samples: np.ndarray, polarity: str,
@@ -393,7 +402,10 @@ def _resolve(cfg: ClassicalConfig, background: np.ndarray, samples: np.ndarray) 
     """Fill in the automatic options of ``cfg`` from ``(S, H, W)`` sample frames."""
     polarity = decide_polarity(background, samples) if cfg.polarity == "auto" else cfg.polarity
     threshold, seed = auto_thresholds(background, samples, polarity, cfg.min_threshold)
-    threshold = threshold if cfg.threshold is None else cfg.threshold
+    if cfg.threshold is not None:
+        threshold = cfg.threshold
+    elif cfg.seed_threshold is not None:
+        threshold = min(threshold, cfg.seed_threshold)
     seed = max(seed, threshold) if cfg.seed_threshold is None else cfg.seed_threshold
     return replace(cfg, polarity=polarity, threshold=round(float(threshold), 2), seed_threshold=round(float(seed), 2))
 
@@ -420,13 +432,13 @@ class ClassicalSegmenter:
 
     Args:
         background: ``(H, W)`` float grey background.
-        cfg: configuration with ``polarity`` and ``threshold`` resolved (see
-            :func:`calibrate`).
+        cfg: configuration with ``polarity``, ``threshold`` and
+            ``seed_threshold`` resolved (see :func:`calibrate`).
     """
 
     def __init__(self, background: np.ndarray, cfg: ClassicalConfig):
         if not cfg.resolved:
-            raise ValueError("ClassicalSegmenter needs a resolved polarity and threshold; use calibrate() first")
+            raise ValueError("ClassicalSegmenter needs resolved polarity and thresholds; use calibrate() first")
         self.cfg = cfg
         self.background = np.asarray(background, np.float32)
         if self.background.ndim != 2:
@@ -446,8 +458,8 @@ class ClassicalSegmenter:
         return np.clip(np.ceil(self.background - threshold), 0, 255).astype(np.uint8)
 
     def foreground(self, frame: np.ndarray, seed: bool = False) -> np.ndarray:
-        """``(H, W)`` bool: pixels beyond the (seed) threshold in the animals' direction."""
-        limit = self.seed_limit if seed else self.limit
+        """``(H, W)`` bool: pixels beyond the threshold (``seed``: the seed threshold) in the animals' direction."""
+        limit = self.seed_limit if seed and self.seed_limit is not None else self.limit
         return frame > limit if self.sign > 0 else frame < limit
 
     def foreground_in(self, frame: np.ndarray, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
@@ -491,7 +503,7 @@ class ClassicalSegmenter:
         at a fraction of the cost on large frames.
         """
         H, W = frame.shape
-        seed = self.foreground(frame, seed=self.seed_limit is not None)
+        seed = self.foreground(frame, seed=True)
         idx = np.flatnonzero(seed)
         if not idx.size:
             return []
@@ -525,12 +537,12 @@ class ClassicalSegmenter:
         return list(found.values())
 
     def _groups(self, pieces):
-        """Group pieces whose boxes, grown by the closing radius, touch (closing may join them)."""
+        """Group pieces whose boxes, grown by the closing radius + 1, overlap (only those can be joined)."""
         r = self.cfg.close_radius
         if not pieces or not r:
             return [[p] for p in pieces]
         boxes = np.array([(y, x, y + m.shape[0], x + m.shape[1]) for y, x, m in pieces])
-        grown = boxes + np.array([-r, -r, r, r])
+        grown = boxes + np.array([-r - 1, -r - 1, r + 1, r + 1])
         touch = ((grown[:, None, 0] < grown[None, :, 2]) & (grown[None, :, 0] < grown[:, None, 2])
                  & (grown[:, None, 1] < grown[None, :, 3]) & (grown[None, :, 1] < grown[:, None, 3]))
         n_groups, group_of = _connected(touch)
@@ -847,7 +859,8 @@ def segment_chunk(
     if color not in ("gray", "rgb"):
         raise ValueError(f"color must be 'gray' or 'rgb', not {color!r}")
     if n_instances < 1 or n_animals < 1 or crop_size < 1:
-        raise ValueError(f"n_animals ({n_animals}), n_instances ({n_instances}) and crop_size ({crop_size}) must be >= 1")
+        raise ValueError(f"n_animals ({n_animals}), n_instances ({n_instances}) and crop_size ({crop_size}) "
+                         "must be >= 1")
     track_cfg = tracking if isinstance(tracking, TrackingConfig) else TrackingConfig.from_dict(tracking)
     info = info or probe(path)
     stop = min(stop, info.n_frames)
@@ -872,7 +885,10 @@ def segment_chunk(
         "crop": np.zeros((T, I, S, S) + ((3,) if color == "rgb" else ()), np.uint8),
     }
     grey = iter_frames(path, start, stop, gray=True, info=info)
-    frames = zip(grey, iter_frames(path, start, stop, gray=False, info=info)) if color == "rgb" else ((g, g) for g in grey)
+    if color == "rgb":
+        frames = zip(grey, iter_frames(path, start, stop, gray=False, info=info))
+    else:
+        frames = ((g, g) for g in grey)
     areas: deque[int] = deque(maxlen=_AREA_MEMORY)
     prev_centres = None
     t = -1
