@@ -8,7 +8,7 @@ problem and exit with status 1.
     sipec validate    check config.yaml and videos.tsv
     sipec probe       frame count, fps, size, codec and checksum of a video
     sipec plan        cut a video into chunks
-    sipec background  median background of a video
+    sipec background  background image and segmenter calibration of a video
     sipec segment     segment one chunk (classical segmenter) into a Zarr store
     sipec track       stitch chunk tracks and consolidate the video's Zarr store
     sipec merge       per-animal table (CSV + Parquet) and trajectory figure
@@ -77,7 +77,7 @@ def cmd_plan(args) -> None:
 def cmd_background(args) -> None:
     from sipec_models.inference.segment import run_background
 
-    run_background(args.video, args.probe, args.samples, args.out)
+    run_background(args.video, args.probe, args.options, args.out, args.calibration)
 
 
 def cmd_segment(args) -> None:
@@ -85,7 +85,7 @@ def cmd_segment(args) -> None:
 
     run_segment(
         video=args.video, video_id=args.video_id, probe=args.probe, plan=args.plan, chunk=args.chunk,
-        background=args.background, n_animals=args.n_animals, options=args.options,
+        background=args.background, calibration=args.calibration, n_animals=args.n_animals, options=args.options,
         tracking=args.tracking, out=args.out,
     )
 
@@ -147,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("background", help="median background image of a video")
     p.add_argument("video", type=Path)
     p.add_argument("--probe", required=True, type=Path)
-    p.add_argument("--samples", type=int, default=50, help="frames sampled evenly over the video")
+    p.add_argument("--options", type=_json_arg, default={}, help="segmentation.classical options (JSON)")
     p.add_argument("--out", required=True, type=Path, help=".npy file, float32 (H, W)")
+    p.add_argument("--calibration", required=True, type=Path, help="JSON: options with thresholds resolved")
     p.set_defaults(func=cmd_background)
 
     p = sub.add_parser("segment", help="segment one chunk into its own Zarr store")
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", required=True, type=Path)
     p.add_argument("--chunk", required=True, type=int)
     p.add_argument("--background", required=True, type=Path)
+    p.add_argument("--calibration", required=True, type=Path, help="segmenter calibration JSON")
     p.add_argument("--n-animals", required=True, type=int)
     p.add_argument("--options", type=_json_arg, default={}, help="segmentation options (JSON)")
     p.add_argument("--tracking", type=_json_arg, default={}, help="tracking options (JSON)")

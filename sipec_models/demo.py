@@ -365,35 +365,27 @@ def _sd_animal(s: np.ndarray, t: np.ndarray, sh: _Shape) -> tuple[np.ndarray, np
     return np.minimum(sd_body, sd_head), sd_ears
 
 
-_UNIT_CIRCLE: dict[int, np.ndarray] = {}
+_PHI16 = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+_UNIT16 = np.stack([np.cos(_PHI16), np.sin(_PHI16)], axis=1)
 
 
-def _outline(sh: _Shape, n: int = 24) -> np.ndarray:
-    """(n + 3, 2) points (s, t) on the outline: ellipse, snout tip, outer ear edges."""
-    unit = _UNIT_CIRCLE.get(n)
-    if unit is None:
-        phi = np.linspace(0, 2 * np.pi, n, endpoint=False)
-        unit = _UNIT_CIRCLE[n] = np.concatenate([np.stack([np.cos(phi), np.sin(phi)], axis=1), np.zeros((3, 2))])
-    pts = unit * (sh.a, sh.b)
-    pts[n:] = ((sh.s1, 0.0), (sh.se, sh.te + sh.re), (sh.se, -(sh.te + sh.re)))
-    return pts
+def _outline(sh: _Shape) -> np.ndarray:
+    """(19, 2) points (s, t) bounding the silhouette: 16 on the ellipse, snout tip, outer ear edges."""
+    extra = ((sh.s1, 0.0), (sh.se, sh.te + sh.re), (sh.se, -(sh.te + sh.re)))
+    return np.concatenate([_UNIT16 * (sh.a, sh.b), extra])
+
+
+_PHI40 = np.linspace(0, 2 * np.pi, 40, endpoint=False)
+_UNIT40 = np.stack([np.cos(_PHI40), np.sin(_PHI40)], axis=1)
+_ALONG10 = np.linspace(0, 1, 10)
 
 
 def _boundary(sh: _Shape) -> np.ndarray:
-    """(K, 2) points (s, t) every 2-3 mm along the outlines of body, head and ears."""
-    global _BOUNDARY_UNIT
-    if _BOUNDARY_UNIT is None:
-        phi = np.linspace(0, 2 * np.pi, 40, endpoint=False)
-        ear = np.linspace(0, 2 * np.pi, 8, endpoint=False)
-        _BOUNDARY_UNIT = (np.stack([np.cos(phi), np.sin(phi)], 1), np.linspace(0, 1, 10), np.stack([np.cos(ear), np.sin(ear)], 1))
-    circle, u, ear = _BOUNDARY_UNIT
-    body = circle * (sh.a, sh.b)
-    side = np.stack([sh.s0 + u * (sh.s1 - sh.s0), sh.hw * (1 - u)], 1)
-    ears = ear * sh.re + (sh.se, sh.te)
+    """(76, 2) points (s, t) every 2-3 mm along the outlines of body, head and ears."""
+    body = _UNIT40 * (sh.a, sh.b)
+    side = np.stack([sh.s0 + _ALONG10 * (sh.s1 - sh.s0), sh.hw * (1 - _ALONG10)], 1)
+    ears = _UNIT16[::2] * sh.re + (sh.se, sh.te)
     return np.concatenate([body, side, side * (1, -1), ears, ears * (1, -1)])
-
-
-_BOUNDARY_UNIT = None
 
 
 def _tail(sh: _Shape, bend0: float, curvature: float, n: int = 8) -> np.ndarray:
@@ -502,7 +494,7 @@ def _clamp_to_arena(x: float, y: float, theta: float, sh: _Shape, margin: float 
     h = ARENA_MM / 2 - margin
     if max(abs(x), abs(y)) + _reach(sh) <= h:
         return x, y
-    pts = _to_world(_outline(sh, 16), 0.0, 0.0, theta)
+    pts = _to_world(_outline(sh), 0.0, 0.0, theta)
     x = min(max(x, -h - pts[:, 0].min()), h - pts[:, 0].max())
     y = min(max(y, -h - pts[:, 1].min()), h - pts[:, 1].max())
     return x, y
@@ -830,7 +822,7 @@ def _draw_animal(
         view += (app.tail - view) * cover((dist - half).min(-1))
 
     # Body, head and ears.
-    box = _pixel_box(cam, _outline(sh, 16), x, y, z, th)
+    box = _pixel_box(cam, _outline(sh), x, y, z, th)
     if box[2] <= box[0] or box[3] <= box[1]:
         return None
     s, t = _plane_coords(cam, rays, box, x, y, z, th)
@@ -898,8 +890,8 @@ def _visible_polygons(vis: np.ndarray, x0: int, y0: int) -> list[list[float]]:
 class _Truth:
     """Collects the ground truth while frames are rendered."""
 
-    def __init__(self, vid: str, apps: list[Appearance], size: int, dlc_every: int):
-        self.vid, self.apps, self.size, self.dlc_every = vid, apps, size, dlc_every
+    def __init__(self, vid: str, apps: list[Appearance], size: int):
+        self.vid, self.apps, self.size = vid, apps, size
         self.images: list[dict] = []
         self.annotations: list[dict] = []
         self.centroids: list[tuple] = []
@@ -908,7 +900,13 @@ class _Truth:
     def add_frame(self, f: int, drawn: list[_Drawn | None], label: np.ndarray, kps: np.ndarray) -> None:
         """``label``: (H, W) int8 top-most animal index or -1; ``kps``: (N, 4, 2) pixels."""
         self.images.append(
-            {"id": f + 1, "frame": f, "file_name": f"{self.vid}/frame_{f:06d}.png", "height": self.size, "width": self.size}
+            {
+                "id": f + 1,
+                "frame": f,
+                "file_name": f"{self.vid}/frame_{f:06d}.png",
+                "height": self.size,
+                "width": self.size,
+            }
         )
         for i, dr in enumerate(drawn):
             name = self.apps[i].name
@@ -925,7 +923,7 @@ class _Truth:
                 r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
                 cx, cy = cols.mean() + dr.x0, rows.mean() + dr.y0
                 bx0, by0, bx1, by1 = c0 + dr.x0, r0 + dr.y0, c1 + dr.x0, r1 + dr.y0
-                fraction = area / full
+                fraction = math.floor(area / full * 1e4) / 1e4  # rounded down: < 1 whenever occluded
                 self.centroids.append((f, name, cx, cy, bx0, by0, bx1, by1, area, fraction))
                 self.annotations.append(
                     {
@@ -938,7 +936,7 @@ class _Truth:
                         "area": area,
                         "iscrowd": 0,
                         "identity": name,
-                        "visible_fraction": round(fraction, 4),
+                        "visible_fraction": fraction,
                     }
                 )
             inside = (kps[i] >= -0.5).all(-1) & (kps[i] < self.size - 0.5).all(-1)
@@ -984,6 +982,7 @@ def _write_centroids(path: Path, truth: _Truth) -> None:
     df = pd.DataFrame(truth.centroids, columns=cols)
     for c in ("box_x0", "box_y0", "box_x1", "box_y1"):
         df[c] = df[c].astype("Int64")
+    df["visible_fraction"] = df["visible_fraction"].map("{:.4f}".format)
     df.to_csv(path, index=False, float_format=_FLOAT)
 
 
@@ -1048,7 +1047,10 @@ def _write_positions(path: Path, traj: Trajectories, apps: list[Appearance]) -> 
 # --------------------------------------------------------------------------------------
 
 
-def _meta(vid: str, index: int, n_frames: int, n_animals: int, size: int, fps: float, seed: int, dlc_every: int) -> dict:
+def _meta(
+    vid: str, index: int, n_frames: int, n_animals: int, size: int, fps: float, seed: int, dlc_every: int
+) -> dict:
+    """The contents of ``meta.json``; a demo whose meta.json equals it is complete and current."""
     apps = appearances(n_animals)
     return {
         "id": vid,
@@ -1094,30 +1096,45 @@ def _is_complete(video: Path, truth_dir: Path, meta: dict) -> bool:
         return False
 
 
+@dataclass
+class _Scene:
+    """What every frame of one video shares."""
+
+    cam: Camera
+    rays: np.ndarray  # (H, W, 3) world direction through each pixel centre
+    background: np.ndarray  # (H, W) float32 grey
+    apps: list[Appearance]
+
+
+def _keypoints_px(scene: _Scene, traj: Trajectories, f: int, i: int) -> np.ndarray:
+    """(4, 2) pixel coordinates of animal ``i``'s keypoints (BODYPARTS order) in frame ``f``."""
+    sh = _shape(scene.apps[i], traj.rear[f, i], traj.groom[f, i])
+    world = _to_world(_keypoints_local(sh), traj.x[f, i], traj.y[f, i], traj.heading[f, i])
+    return scene.cam.project(np.concatenate([world, np.full((len(world), 1), traj.z[f, i])], axis=1))[0]
+
+
 def _frames(
-    traj: Trajectories, apps: list[Appearance], cam: Camera, bg: np.ndarray, noise_rng: np.random.Generator,
-    truth: _Truth, dlc_dir: Path, dlc_frames: set[int], bar,
+    scene: _Scene, traj: Trajectories, noise_rng: np.random.Generator, truth: _Truth, dlc_dir: Path,
+    dlc_frames: set[int], bar,
 ) -> Iterator[np.ndarray]:
-    """Render every frame (yielding (H, W, 3) uint8) and record its ground truth."""
-    n = cam.size
-    yy, xx = np.mgrid[0:n, 0:n].astype(float)
-    rays = cam.rays(xx, yy)
+    """Render every frame, yielding ``(H, W, 3)`` uint8 RGB, and record its ground truth in ``truth``.
+
+    Frames in ``dlc_frames`` are also saved as ``dlc_dir/img<frame>.png``.
+    """
+    n = scene.cam.size
     T, N = traj.x.shape
-    label = np.empty((n, n), np.int8)
+    label = np.empty((n, n), np.int8)  # top-most animal at each pixel, -1 = none
     for f in range(T):
-        canvas = bg.copy()
+        canvas = scene.background.copy()
         label.fill(-1)
         drawn = []
-        kps = np.zeros((N, len(BODYPARTS), 2))
-        for i in range(N):
-            dr = _draw_animal(canvas, cam, rays, apps[i], traj, f, i)
+        for i in range(N):  # z-order: later animals occlude earlier ones
+            dr = _draw_animal(canvas, scene.cam, scene.rays, scene.apps[i], traj, f, i)
             drawn.append(dr)
             if dr is not None:
                 h, w = dr.mask.shape
                 label[dr.y0 : dr.y0 + h, dr.x0 : dr.x0 + w][dr.mask] = i
-            sh = _shape(apps[i], traj.rear[f, i], traj.groom[f, i])
-            world = _to_world(_keypoints_local(sh), traj.x[f, i], traj.y[f, i], traj.heading[f, i])
-            kps[i] = cam.project(np.concatenate([world, np.full((len(world), 1), traj.z[f, i])], axis=1))[0]
+        kps = np.stack([_keypoints_px(scene, traj, f, i) for i in range(N)])
         truth.add_frame(f, drawn, label, kps)
         canvas += NOISE_GREY * noise_rng.standard_normal((n, n), dtype=np.float32)
         rgb = _to_rgb(canvas)
@@ -1128,21 +1145,28 @@ def _frames(
 
 
 def _render_video(outdir: Path, index: int, meta: dict, seed: int, bar) -> None:
-    """Render one video into a temporary folder in ``outdir``, then move it into place."""
+    """Render one video into a temporary folder in ``outdir``, then move it into place.
+
+    Leftovers of an earlier run that was killed (``.<id>.partial-*``) are removed
+    first: one output folder is meant to be written by one process at a time.
+    """
     vid, n_frames, size, fps = meta["id"], meta["n_frames"], meta["size"], meta["fps"]
-    apps = appearances(meta["n_animals"])
+    for stale in outdir.glob(f".{vid}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     sim_ss, scene_ss, noise_ss = np.random.SeedSequence(seed, spawn_key=(index,)).spawn(3)
+    apps = appearances(meta["n_animals"])
     cam = make_camera(size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(float)
+    scene = _Scene(cam, cam.rays(xx, yy), _render_background(cam, np.random.default_rng(scene_ss)), apps)
     tmp = Path(tempfile.mkdtemp(prefix=f".{vid}.partial-", dir=outdir))
     try:
         truth_dir = tmp / vid
         dlc_dir = truth_dir / "labeled-data" / vid
         dlc_dir.mkdir(parents=True)
         traj = simulate(n_frames, apps, fps, np.random.default_rng(sim_ss))
-        bg = _render_background(cam, np.random.default_rng(scene_ss))
-        truth = _Truth(vid, apps, size, meta["dlc_every"])
+        truth = _Truth(vid, apps, size)
         dlc_frames = list(range(0, n_frames, meta["dlc_every"]))
-        frames = _frames(traj, apps, cam, bg, np.random.default_rng(noise_ss), truth, dlc_dir, set(dlc_frames), bar)
+        frames = _frames(scene, traj, np.random.default_rng(noise_ss), truth, dlc_dir, set(dlc_frames), bar)
         write_video(tmp / f"{vid}.mp4", frames, fps)
 
         _write_coco(truth_dir / "masks_coco.json", truth)

@@ -99,3 +99,19 @@ def test_videos_producible_files_exempt(tmp_path):
     future = tmp_path / "future.mp4"
     table = load_videos(write_table(tmp_path / "v.tsv", [("a", future, 1)]), producible={str(future)})
     assert list(table.index) == ["a"]
+
+
+def test_schema_matches_option_classes():
+    """Every option the segmenter and tracker accept is in the schema, and no other."""
+    from dataclasses import fields
+
+    from sipec_models.config import _load_schema
+    from sipec_models.segmentation.classical import ClassicalConfig
+    from sipec_models.tracking import TrackingConfig
+
+    props = _load_schema("config.schema.yaml")["properties"]
+    assert set(props["segmentation"]["properties"]["classical"]["properties"]) == {f.name for f in fields(ClassicalConfig)}
+    assert set(props["tracking"]["properties"]) == {f.name for f in fields(TrackingConfig)}
+    defaults = validate_config({})
+    assert ClassicalConfig.from_dict(defaults["segmentation"]["classical"]) == ClassicalConfig()
+    assert TrackingConfig.from_dict(defaults["tracking"]) == TrackingConfig()

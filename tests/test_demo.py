@@ -83,6 +83,7 @@ def test_centroids_match_coco_masks(truth):
     rows = centroids.set_index(["frame", "animal"])
     assert len(coco["annotations"]) == int((centroids["area"] > 0).sum())
     exact = 0
+    claimed = {}  # frame -> pixels of the visible masks so far
     for ann in coco["annotations"]:
         assert ann["iscrowd"] == 0 and ann["category_id"] == 1
         mask = np.zeros((SIZE, SIZE), bool)
@@ -97,6 +98,10 @@ def test_centroids_match_coco_masks(truth):
         x, y, w, h = ann["bbox"]
         assert (x, y, x + w, y + h) == (row["box_x0"], row["box_y0"], row["box_x1"], row["box_y1"])
         exact += mask.sum() == row["area"]
+        frame = ann["frame"]
+        claimed.setdefault(frame, np.zeros_like(mask))
+        assert not (claimed[frame] & mask).any()  # visible masks never share a pixel
+        claimed[frame] |= mask
     assert exact >= 0.95 * len(coco["annotations"])
 
 
@@ -133,7 +138,8 @@ def test_parallel_render_matches_serial(tmp_path):
         for name in TRUTH_FILES:
             assert (a.truth_dir / name).read_bytes() == (b.truth_dir / name).read_bytes(), (a.id, name)
     # Videos draw from different seeds.
-    assert (serial[0].truth_dir / "positions_3d.csv").read_bytes() != (serial[1].truth_dir / "positions_3d.csv").read_bytes()
+    first, second = (v.truth_dir / "positions_3d.csv" for v in serial)
+    assert first.read_bytes() != second.read_bytes()
 
 
 def test_dlc_csv_loads_with_sleap_io(rendered, truth):
@@ -164,7 +170,7 @@ def test_behaviour_labels(truth):
     assert not (touching == 1).any()  # touch takes two
 
 
-def test_bouts_last_tens_of_frames():
+def test_simulation_bouts_walls_and_contacts():
     apps = demo.appearances(3)
     traj = demo.simulate(600, apps, 25.0, np.random.default_rng(0))
     lengths = []
@@ -177,6 +183,14 @@ def test_bouts_last_tens_of_frames():
     assert np.median(lengths) >= 10 and min(lengths) >= 0.4 * 25 - 1
     assert set(np.unique(traj.state)) == {0, 1, 2, 3}
     assert (np.abs(traj.x) < demo.ARENA_MM / 2).all() and (np.abs(traj.y) < demo.ARENA_MM / 2).all()
+    # Animals meet: they touch now and then and overlap briefly, but mostly keep apart.
+    overlap = np.zeros(600, bool)
+    for f in range(600):
+        poses = [(traj.x[f, i], traj.y[f, i], traj.heading[f, i], traj.shape(apps, f, i)) for i in range(3)]
+        overlap[f] = any(demo._pair_gap(poses[i], poses[j], cutoff=0.0) < 0 for i in range(3) for j in range(i + 1, 3))
+    assert 0.0 < overlap.mean() < 0.2
+    assert 0.02 < traj.touch.any(axis=1).mean() < 0.6
+    assert (traj.touch.any(axis=1) >= overlap).all()  # overlapping animals touch
 
 
 def test_animals_appear_where_the_truth_puts_them(rendered, truth):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -11,24 +12,38 @@ import numpy as np
 
 from sipec_models.inference.ingest import load_plan, load_probe
 from sipec_models.io.store import provenance, spec_field, write_store
-from sipec_models.segmentation.classical import ClassicalConfig, estimate_background, segment_chunk
+from sipec_models.inference.ingest import write_json_atomic
+from sipec_models.segmentation.classical import ClassicalConfig, calibrate, estimate_background, segment_chunk
 
 log = logging.getLogger(__name__)
 
 
-def run_background(video, probe_json, samples: int, out) -> np.ndarray:
-    """Estimate the median background of ``video`` and save it as ``.npy`` (float32 ``(H, W)``)."""
+def run_background(video, probe_json, options: Mapping[str, Any], out, calibration_out) -> ClassicalConfig:
+    """Background model and calibration of the classical segmenter, once per video.
+
+    Writes ``out`` (``.npy``, float32 ``(H, W)`` grey levels: a per-pixel
+    quantile of evenly spaced frames) and ``calibration_out`` (JSON: the
+    ``segmentation.classical`` options with polarity and thresholds resolved
+    from frames spread over the whole video), so every chunk job segments
+    with the same values.
+    """
     info, _ = load_probe(probe_json)
-    background = estimate_background(video, info=info, n_samples=samples, progress=True)
+    cfg = ClassicalConfig.from_dict(options)
+    background = estimate_background(video, info=info, n_samples=cfg.background_samples, progress=True,
+                                     polarity=cfg.polarity, quantile=cfg.background_quantile)
+    resolved = calibrate(video, background, cfg, info=info, progress=True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.npy")
     try:
         np.save(tmp, background.astype(np.float32))
+        write_json_atomic(calibration_out, resolved.to_dict())
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
-    return background
+    log.info("%s: %s animals, threshold %.1f, seed threshold %.1f grey levels", video, resolved.polarity,
+             resolved.threshold, resolved.seed_threshold)
+    return resolved
 
 
 def load_background(path, info) -> np.ndarray:
@@ -42,13 +57,14 @@ def load_background(path, info) -> np.ndarray:
 
 
 def run_segment(
-    video, video_id: str, probe, plan, chunk: int, background, n_animals: int,
+    video, video_id: str, probe, plan, chunk: int, background, calibration, n_animals: int,
     options: Mapping[str, Any], tracking: Mapping[str, Any], out,
 ) -> Path:
     """Segment frames ``[start, stop)`` of chunk ``chunk`` and write the chunk store ``out``.
 
     ``options`` is the ``segmentation`` section of the config, ``tracking``
-    its ``tracking`` section (the chunk-local tracks are linked here).
+    its ``tracking`` section (the chunk-local tracks are linked here);
+    ``calibration`` the resolved classical options from :func:`run_background`.
     """
     info, checksum = load_probe(probe)
     chunks = load_plan(plan)["chunks"]
@@ -58,7 +74,7 @@ def run_segment(
     method = options.get("method", "classical")
     if method != "classical":
         raise ValueError(f"segmentation.method {method!r} is not available")
-    cfg = ClassicalConfig.from_dict(options.get("classical", {}))
+    cfg = ClassicalConfig.from_dict(json.loads(Path(calibration).read_text()))
     n_instances = n_animals + int(options.get("extra_instances", 0))
     arrays = segment_chunk(
         video, start, stop, load_background(background, info), cfg,
@@ -71,7 +87,8 @@ def run_segment(
         "video_id": video_id, "chunk": chunk, "frame_start": start, "frame_stop": stop,
         "n_instances": n_instances, "n_animals": n_animals, "crop_size": int(options.get("crop_size", 64)),
         "segmenter": method, "fps": info.fps,
-        "provenance": provenance(video, checksum, {"segmentation": dict(options), "tracking": dict(tracking)}),
+        "provenance": provenance(video, checksum, {"segmentation": {**options, "classical": cfg.to_dict()},
+                                                    "tracking": dict(tracking)}),
     }
     write_store(out, fields, attrs)
     found = arrays["n_found"]

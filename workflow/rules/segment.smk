@@ -1,4 +1,4 @@
-# Segmentation: a background model per video, then one job per chunk writing its own Zarr store.
+# Segmentation: a background model and calibration per video, then one job per chunk writing its own Zarr store.
 
 
 rule background:
@@ -6,14 +6,15 @@ rule background:
         video=video_path,
         probe=RESULTS / "{video}/probe.json",
     output:
-        RESULTS / "{video}/background.npy",
+        background=RESULTS / "{video}/background.npy",
+        calibration=RESULTS / "{video}/segmenter.json",
     params:
-        samples=config["segmentation"]["classical"]["background_samples"],
+        options=lambda wc: options("segmentation", "classical"),
     log:
         "logs/background/{video}.log",
     shell:
-        "sipec background {input.video:q} --probe {input.probe:q} --samples {params.samples} "
-        "--out {output:q} > {log} 2>&1"
+        "sipec background {input.video:q} --probe {input.probe:q} --options {params.options:q} "
+        "--out {output.background:q} --calibration {output.calibration:q} > {log} 2>&1"
 
 
 rule segment:
@@ -22,6 +23,7 @@ rule segment:
         probe=RESULTS / "{video}/probe.json",
         plan=RESULTS / "{video}/plan.json",
         background=RESULTS / "{video}/background.npy",
+        calibration=RESULTS / "{video}/segmenter.json",
     output:
         directory(RESULTS / "{video}/segment/chunk_{chunk}.zarr"),
     params:
@@ -33,5 +35,6 @@ rule segment:
     shell:
         "sipec segment {input.video:q} --video-id {wildcards.video} --probe {input.probe:q} "
         "--plan {input.plan:q} --chunk {wildcards.chunk} --background {input.background:q} "
+        "--calibration {input.calibration:q} "
         "--n-animals {params.n_animals} --options {params.options:q} --tracking {params.tracking:q} "
         "--out {output:q} > {log} 2>&1"
