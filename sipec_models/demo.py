@@ -93,6 +93,7 @@ __all__ = [
     "Appearance",
     "Camera",
     "DemoVideo",
+    "Trajectories",
     "appearances",
     "make_camera",
     "render_demo",
@@ -763,12 +764,14 @@ class _Drawn:
     mask: np.ndarray  # (h, w) bool, full silhouette (body, head, ears)
 
 
-def _mm_per_px(cam: Camera, x: float, y: float, z: float) -> float:
-    """Millimetres per pixel in the plane ``Z = z`` around ``(x, y)`` (geometric mean of both image axes)."""
+def _mm_per_px(cam: Camera, rays: np.ndarray, x: float, y: float, z: float) -> float:
+    """Millimetres per pixel in the plane ``Z = z`` near ``(x, y)`` (geometric mean of both image axes)."""
     (u, v), _ = cam.project(np.array([x, y, z]))
-    d = cam.rays(np.array([u - 0.5, u + 0.5, u, u]), np.array([v, v, v - 0.5, v + 0.5]))
+    n = cam.size
+    c, r = min(max(int(u), 0), n - 2), min(max(int(v), 0), n - 2)
+    d = rays[[r, r, r + 1], [c, c + 1, c]]  # the pixel and its neighbours right and below
     P = cam.C + ((z - cam.C[2]) / d[:, 2])[:, None] * d
-    return float(math.sqrt(np.linalg.norm(P[1] - P[0]) * np.linalg.norm(P[3] - P[2])))
+    return float(math.sqrt(math.dist(P[1], P[0]) * math.dist(P[2], P[0])))
 
 
 def _pixel_box(cam: Camera, local: np.ndarray, x: float, y: float, z: float, th: float) -> tuple[int, int, int, int]:
@@ -803,7 +806,7 @@ def _draw_animal(
     """
     x, y, z, th = traj.x[f, i], traj.y[f, i], traj.z[f, i], traj.heading[f, i]
     sh = _shape(app, traj.rear[f, i], traj.groom[f, i])
-    mm_per_px = _mm_per_px(cam, x, y, z)
+    mm_per_px = _mm_per_px(cam, rays, x, y, z)
 
     def cover(sd: np.ndarray) -> np.ndarray:
         return np.clip(0.5 - sd / mm_per_px, 0.0, 1.0)
@@ -857,8 +860,8 @@ def _to_rgb(grey: np.ndarray) -> np.ndarray:
 
 def _drop_collinear(c: np.ndarray) -> np.ndarray:
     """Remove vertices of a closed polygon ``(K, 2)`` that lie on a straight run (lossless)."""
-    prev = c - np.roll(c, 1, axis=0)
-    nxt = np.roll(c, -1, axis=0) - c
+    prev = np.diff(c, axis=0, prepend=c[-1:])  # edge into each vertex
+    nxt = np.concatenate([prev[1:], prev[:1]])  # edge out of it
     turn = prev[:, 0] * nxt[:, 1] - prev[:, 1] * nxt[:, 0]
     return c[(turn != 0) | ((prev * nxt).sum(1) <= 0)]
 
@@ -877,8 +880,8 @@ def _visible_polygons(vis: np.ndarray, x0: int, y0: int) -> list[list[float]]:
         if len(c) > 1 and np.array_equal(c[0], c[-1]):
             c = c[:-1]
         x, y = c[:, 1], c[:, 0]
-        if np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1)) <= 0:
-            continue  # a hole's outline runs the other way round
+        if np.dot(x[:-1], y[1:]) - np.dot(y[:-1], x[1:]) + x[-1] * y[0] - y[-1] * x[0] <= 0:
+            continue  # a hole's outline runs the other way round (negative signed area)
         c = _drop_collinear(c)
         if len(c) < 3:
             continue
