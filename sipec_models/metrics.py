@@ -1,4 +1,8 @@
-"""Evaluation against ground truth: centre-of-mass error and box IoU."""
+"""Evaluation against ground truth: matching tracks to true animals and centre-of-mass error.
+
+Box IoU lives in :func:`sipec_models.tracking.box_iou`; identity switches in
+:func:`sipec_models.tracking.identity_switches`.
+"""
 
 from __future__ import annotations
 
@@ -48,16 +52,3 @@ def centre_errors(pred: np.ndarray, truth: np.ndarray, mapping: np.ndarray | Non
         if g >= 0:
             errors[:, a] = np.linalg.norm(pred[:, a] - truth[:, g], axis=-1)
     return errors
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of boxes ``(N, 4)`` and ``(M, 4)`` given as ``x0, y0, x1, y1`` -> ``(N, M)``."""
-    a = np.asarray(a, float)[:, None, :]
-    b = np.asarray(b, float)[None, :, :]
-    w = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]), 0, None)
-    h = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]), 0, None)
-    inter = w * h
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.nan_to_num(inter / (area_a + area_b - inter))

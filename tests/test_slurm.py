@@ -10,7 +10,6 @@ daemons do not come up; set SIPEC_SLURM_REQUIRED=1 (e.g. in CI) to fail instead.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import textwrap
@@ -19,16 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-_spec = importlib.util.spec_from_file_location(
-    "sipec_slurm_helpers", Path(__file__).parent / "cluster" / "helpers.py"
-)
-slurm_helpers = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = slurm_helpers
-_spec.loader.exec_module(slurm_helpers)
-
-ClusterUnavailable = slurm_helpers.ClusterUnavailable
-run_snakemake_slurm = slurm_helpers.run_snakemake_slurm
-slurm_jobs = slurm_helpers.slurm_jobs
+from tests.cluster import helpers as slurm_helpers
+from tests.cluster.helpers import ClusterUnavailable, run_snakemake_slurm, slurm_jobs
 
 pytestmark = pytest.mark.slurm
 
