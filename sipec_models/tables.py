@@ -45,6 +45,7 @@ def animal_table(store: str | os.PathLike, video_id: str, fps: float) -> pd.Data
     area = group["area"][...]
     score = group["score"][...]
     flags = group["flags"][...]
+    n_found = group["n_found"][...]
     n_frames, n_animals = area.shape
     names = list(group.attrs.get("animal_names") or animal_names(n_animals))
     frame = np.repeat(np.arange(n_frames), n_animals)
@@ -65,6 +66,7 @@ def animal_table(store: str | os.PathLike, video_id: str, fps: float) -> pd.Data
         "detected": detected,
         "merged": ((flags & MERGED_SPLIT) > 0).reshape(-1) & detected,
         "at_border": ((flags & AT_BORDER) > 0).reshape(-1) & detected,
+        "n_found": np.repeat(n_found.astype(np.int16), n_animals),
     })
     return table
 
@@ -100,11 +102,16 @@ def run_merge(store, video_id: str, probe_json, csv, parquet, figure) -> pd.Data
 def summarise(table: pd.DataFrame) -> pd.DataFrame:
     """One row per video and animal: coverage, merges, distance and speed.
 
+    ``more_found_fraction`` / ``fewer_found_fraction``: fraction of the
+    video's frames where the segmenter found more / fewer instances than
+    the video's animals (quality control; the same for every animal of a video).
+
     Distance sums centre displacements between consecutive frames where the
     animal was detected in both (px); mean speed is that distance over the
     time covered by those frame pairs (px/s).
     """
     rows = []
+    expected = table.groupby("video")["animal"].nunique()
     for (video, animal), t in table.sort_values("frame").groupby(["video", "animal"], sort=True):
         xy = t[["x", "y"]].to_numpy(float)
         step = np.linalg.norm(np.diff(xy, axis=0), axis=1)
@@ -119,6 +126,8 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
             "detected_fraction": float(t["detected"].mean()),
             "merged_fraction": float(t["merged"].mean()),
             "at_border_fraction": float(t["at_border"].mean()),
+            "more_found_fraction": float((t["n_found"] > expected[video]).mean()),
+            "fewer_found_fraction": float((t["n_found"] < expected[video]).mean()),
             "distance_px": distance,
             "mean_speed_px_s": distance / dt if dt > 0 else float("nan"),
             "mean_area_px2": float(t["area"].mean()),
