@@ -132,3 +132,22 @@ def test_truncated_video_fails_cleanly(tmp_path, demo_run):
         assert "cut.mp4" in result.stdout
         leftovers = [p for p in (workdir / "results").rglob("*") if p.name.startswith(".") and ".tmp-" in p.name]
         assert not leftovers
+
+
+def test_video_without_animals(tmp_path):
+    """Zero animals found: the run completes, every row says not detected, and the log says why to look."""
+    from sipec_models.io.video import write_video
+
+    (tmp_path / "videos").mkdir()
+    rng = np.random.default_rng(0)
+    floor = rng.integers(150, 170, (96, 96, 3), dtype=np.uint8)
+    write_video(tmp_path / "videos/empty.mp4", [floor] * 40, fps=10.0)
+    config = {**SMALL_DEMO, "demo": {**SMALL_DEMO["demo"], "enabled": False}, "chunks": {"size": 20}}
+    workdir = write_workdir(tmp_path, config, videos=[("empty", "videos/empty.mp4", 2)])
+    result = run_snakemake(workdir, "--cores", "2", timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    table = pd.read_parquet(workdir / "results/empty/animals.parquet")
+    assert len(table) == 80 and not table["detected"].any() and (table["n_found"] == 0).all()
+    assert "no animal found in 20 of 20 frames" in (workdir / "logs/segment/empty/chunk_0000.log").read_text()
+    summary = pd.read_csv(workdir / "results/cohort_summary.csv")
+    assert (summary["fewer_found_fraction"] == 1).all()

@@ -92,7 +92,11 @@ def run_segment(
     }
     write_store(out, fields, attrs)
     found = arrays["n_found"]
-    log.info("chunk %d [%d, %d): %d frames, mean %.2f blobs/frame, %d frames with fewer than %d, %d with more",
+    log.info("chunk %d [%d, %d): %d frames, mean %.2f instances/frame, %d frames with fewer than %d, %d with more",
              chunk, start, stop, stop - start, found.mean(), int((found < n_animals).sum()), n_animals,
              int((found > n_animals).sum()))
+    if (found == 0).any():
+        log.warning("%s: no animal found in %d of %d frames of chunk %d (check the segmentation options, "
+                    "e.g. polarity and threshold, in %s)", video, int((found == 0).sum()), len(found), chunk,
+                    calibration)
     return Path(out)
