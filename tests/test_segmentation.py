@@ -8,8 +8,8 @@ from scipy import ndimage as ndi
 
 from sipec_models.io.video import probe, write_video
 from sipec_models.segmentation.classical import (
-    ClassicalConfig, ClassicalSegmenter, calibrate, crop_window, decide_polarity, estimate_background,
-    segment_chunk, segment_frame,
+    HIST_BINS, ClassicalConfig, ClassicalSegmenter, calibrate, crop_window, decide_polarity, estimate_background,
+    grey_histogram, segment_chunk, segment_frame,
 )
 from sipec_models.segmentation.flags import AT_BORDER, EXTRA, MERGED_SPLIT, decode_flags, flag_arrays
 from sipec_models.tracking import box_iou, identity_switches, instances_to_slots
@@ -316,3 +316,142 @@ def test_flies_clip_first_frames(shared_data):
     assert found.mean() >= 0.95
     positions = instances_to_slots(out["local_track"], {"com": out["com"]}, n_slots=2)["com"]
     assert identity_switches(positions, np.nanmean(pts, axis=2)).sum() == 0
+
+
+def _paint(shape, animals, noise=2.0, seed=0) -> np.ndarray:
+    """uint8 frame: FLOOR plus noise, animals ``(cx, cy, a, b, angle, grey)`` painted in order (later on top)."""
+    rng = np.random.default_rng(seed)
+    frame = np.full(shape, float(FLOOR)) + rng.normal(0, noise, shape)
+    for cx, cy, a, b, ang, grey in animals:
+        m = ellipse(shape, cx, cy, a, b, ang)
+        frame[m] = grey + rng.normal(0, noise, m.sum())
+    return np.clip(np.round(frame), 0, 255).astype(np.uint8)
+
+
+def _run(frames, cfg, n_animals):
+    """Segment frames one by one as segment_chunk does; -> (T, n, 4) boxes, (T, n, 2) centres, n_found."""
+    seg = ClassicalSegmenter(BG, cfg)
+    T = len(frames)
+    box, com = np.full((T, n_animals, 4), np.nan), np.full((T, n_animals, 2), np.nan)
+    prev = prev_app = None
+    ref = None
+    n_found = []
+    for t, frame in enumerate(frames):
+        inst = seg.segment(frame, n_animals, prev, ref, prev_appearance=prev_app)
+        n_found.append(len(inst))
+        if len(inst) == n_animals and not any(i.flags for i in inst) and ref is None:
+            ref = float(np.median([i.area for i in inst]))
+        kept = inst[:n_animals]
+        for i, x in enumerate(kept):
+            box[t, i], com[t, i] = x.box, x.com
+        prev = np.array([x.com for x in kept])
+        prev_app = np.array([x.appearance for x in kept])
+    return box, com, np.array(n_found)
+
+
+def _crossing(n_frames=60):
+    """Two touching ellipses of different grey levels passing each other, merged for most frames.
+
+    Returns the frames and the true centres ``(T, 2, 2)``: animal 0 (dark, 40) moves right along
+    y = 60, animal 1 (grey, 120) moves left along y = 69, both parallel to the x axis.
+    """
+    xs0 = np.linspace(30, 98, n_frames)
+    xs1 = xs0[::-1]
+    truth = np.stack([np.stack([xs0, np.full(n_frames, 60.0)], 1), np.stack([xs1, np.full(n_frames, 69.0)], 1)], 1)
+    frames = [_paint((128, 128), [(xs0[t], 60, 18, 6, 0, 40), (xs1[t], 69, 18, 6, 0, 120)], seed=t)
+              for t in range(n_frames)]
+    return frames, truth
+
+
+@pytest.mark.parametrize("method", ["greedy", "hungarian"])
+def test_crossing_animals_of_different_grey_keep_identities(method):
+    from sipec_models.tracking import track_chunk
+
+    frames, truth = _crossing()
+    box, com, n_found = _run(frames, CFG, 2)
+    seg = ClassicalSegmenter(BG, CFG)
+    merged = np.array([len(seg.blobs(f)) == 1 for f in frames])
+    assert merged.sum() >= 25  # the pair stays merged while passing
+    assert (n_found == 2).all()
+    track = track_chunk(box, com, n_animals=2, method=method)
+    pos = instances_to_slots(track, {"com": com}, n_slots=2)["com"]
+    assert identity_switches(pos, truth).sum() == 0
+    # (Position-only splitting, split_appearance=0, swaps both tracks here.)
+    animal_of_track = np.linalg.norm(pos[0, :, None] - truth[0, None], axis=-1).argmin(1)
+    assert sorted(animal_of_track) == [0, 1]
+    assert np.nanmax(np.linalg.norm(pos - truth[:, animal_of_track], axis=-1)) < 3.0
+
+
+def test_crossing_split_uses_appearance():
+    """Position alone drifts across the pair while it passes; the grey-level cue keeps the parts apart."""
+    frames, truth = _crossing()
+    _, com, _ = _run(frames, CFG, 2)
+    _, com_pos, _ = _run(frames, replace_cfg(CFG, split_appearance=0.0), 2)
+
+    def worst(c):  # largest distance of any truth centre to the nearest found centre
+        return np.nanmax(np.min(np.linalg.norm(truth[:, :, None] - c[:, None], axis=-1), axis=2))
+
+    assert worst(com) < 3.0
+    assert worst(com) < worst(com_pos)
+
+
+def replace_cfg(cfg, **kw):
+    from dataclasses import replace
+    return replace(cfg, **kw)
+
+
+def test_split_parts_inherit_the_seed_appearance():
+    frame = _paint((128, 128), [(54, 64, 16, 7, 0, 40), (76, 64, 16, 7, 0, 130)])
+    seg = ClassicalSegmenter(BG, CFG)
+    assert len(seg.blobs(frame)) == 1
+    h_dark = grey_histogram(np.full(300, 40, np.uint8))
+    h_grey = grey_histogram(np.full(300, 130, np.uint8))
+    inst = seg.segment(frame, 2, np.array([[53.0, 64.0], [77.0, 64.0]]), prev_appearance=np.stack([h_dark, h_grey]))
+    assert len(inst) == 2 and all(i.flags & MERGED_SPLIT for i in inst)
+    by_x = sorted(inst, key=lambda i: i.com[0])
+    assert np.allclose(by_x[0].appearance, h_dark) and np.allclose(by_x[1].appearance, h_grey)
+    # The grey animal lies on top: the dark one's visible part is what it should get.
+    top = ellipse((128, 128), 76, 64, 16, 7)
+    under = ellipse((128, 128), 54, 64, 16, 7) & ~top
+    visible = [np.argwhere(m)[:, ::-1].mean(0) for m in (under, top)]
+    assert np.allclose([i.com for i in by_x], visible, atol=1.0)
+    # Unknown (NaN) appearance: plain positional split, own histograms.
+    inst = seg.segment(frame, 2, np.array([[53.0, 64.0], [77.0, 64.0]]),
+                       prev_appearance=np.full((2, HIST_BINS), np.nan))
+    assert len(inst) == 2 and all(np.isclose(i.appearance.sum(), 1) for i in inst)
+
+
+def test_grey_histogram():
+    h = grey_histogram(np.array([0, 0, 255, 128], np.uint8))
+    assert h.shape == (HIST_BINS,) and np.isclose(h.sum(), 1) and (h > 0).all()
+    assert h.argmax() == 0 and h[HIST_BINS // 2] > h[HIST_BINS // 4]
+    assert np.allclose(grey_histogram(np.empty(0, np.uint8)), 1 / HIST_BINS)
+
+
+def test_tiny_fragment_does_not_block_the_split():
+    # Two animals merged in one blob, a third on its own, and a small detached fragment (a tail tip).
+    animals = [(40, 50, 16, 7, 0, 60), (62, 50, 16, 7, 0, 60), (90, 100, 16, 7, 0, 60), (100, 20, 5, 4, 0, 60)]
+    frame = _paint((128, 128), animals)
+    single = np.count_nonzero(ellipse((128, 128), 40, 50, 16, 7))
+    seg = ClassicalSegmenter(BG, CFG)
+    assert len(seg.blobs(frame)) == 3
+    inst = seg.segment(frame, 3, np.array([[39.0, 50.0], [63.0, 50.0], [90.0, 100.0]]), single)
+    assert len(inst) == 4
+    kept = inst[:3]  # what segment_chunk keeps with n_instances = n_animals
+    assert all(i.area > 0.5 * single for i in kept)
+    assert np.allclose(sorted(i.com for i in kept), [[40, 50], [62, 50], [90, 100]], atol=2.0)
+    assert inst[3].area < 0.25 * single and inst[3].flags == 0
+    # With fragment_ratio = 0 the fragment counts as an animal and the merged pair stays whole.
+    old = ClassicalSegmenter(BG, replace_cfg(CFG, fragment_ratio=0.0))
+    assert len(old.segment(frame, 3, None, single)) == 3
+
+
+def test_new_config_options():
+    cfg = ClassicalConfig.from_dict({"split_appearance": 2, "fragment_ratio": 0.1})
+    assert cfg.split_appearance == 2 and cfg.fragment_ratio == 0.1
+    with pytest.raises(ValueError, match="'split_appearance'"):
+        ClassicalConfig.from_dict({"split_appearance": -1.0})
+    with pytest.raises(ValueError, match="'fragment_ratio'"):
+        ClassicalConfig.from_dict({"fragment_ratio": 1.0})
+    with pytest.raises(ValueError, match="'fragment_ratio'"):
+        ClassicalConfig.from_dict({"fragment_ratio": "small"})

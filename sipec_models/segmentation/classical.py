@@ -28,7 +28,14 @@ arena whose animals differ in brightness from the floor):
 4. **Split**: when the number of animals is known and fewer blobs than
    animals are found, blobs large enough to hold several animals (area
    relative to the single-animal area) are split by k-means on their pixel
-   coordinates, seeded with the animals' centres in the previous frame.
+   coordinates, seeded with the animals' centres in the previous frame, and
+   weighted by appearance: each seed carries its animal's grey-level
+   histogram (from the last frame it was segmented on its own), and a pixel
+   goes to the part whose animal best explains both its position and its
+   grey level (``split_appearance``), so the split does not drift when two
+   differently coloured animals stay merged while passing each other.
+   Fragments much smaller than one animal (``fragment_ratio``) do not count
+   as animals in this decision.
 
 Units: pixel coordinates are ``x`` (column) and ``y`` (row) in frame pixels,
 boxes ``x0, y0, x1, y1`` with exclusive ``x1, y1``, areas in pixels²,
@@ -76,6 +83,30 @@ _EIGHT = np.ones((3, 3), bool)
 #: Grid cell (px) for grouping seed pixels into labelling windows.
 _CELL = 32
 
+#: Bins of the grey-level histograms (:func:`grey_histogram`), each 256 / HIST_BINS grey levels wide.
+HIST_BINS = 32
+
+#: Weight of the uniform distribution mixed into :func:`grey_histogram` (bounds its log-ratios).
+_HIST_FLOOR = 0.05
+
+
+def grey_histogram(values: np.ndarray) -> np.ndarray:
+    """Smoothed, normalised grey-level histogram ``(HIST_BINS,)`` of uint8 ``values``.
+
+    The counts are smoothed with a ``[1, 2, 1] / 4`` kernel over neighbouring
+    bins and mixed with :data:`_HIST_FLOOR` of a uniform distribution, so no
+    bin is ever 0 and two histograms' log-ratios stay bounded (about 6).
+    """
+    values = np.asarray(values)
+    counts = np.bincount((values.astype(np.int64) * HIST_BINS) >> 8 if values.size else values.astype(np.int64),
+                         minlength=HIST_BINS).astype(np.float64)[:HIST_BINS]
+    padded = np.concatenate([counts[:1], counts, counts[-1:]])
+    smooth = 0.25 * padded[:-2] + 0.5 * padded[1:-1] + 0.25 * padded[2:]
+    total = smooth.sum()
+    if total <= 0:
+        return np.full(HIST_BINS, 1.0 / HIST_BINS)
+    return (1 - _HIST_FLOOR) * smooth / total + _HIST_FLOOR / HIST_BINS
+
 
 @dataclass(frozen=True)
 class ClassicalConfig:
@@ -118,6 +149,20 @@ class ClassicalConfig:
         background_quantile: per-pixel quantile of the sample frames used as
             background (0.5 = median). ``None``: :data:`RESTING_QUANTILE` for
             light animals, ``1 - RESTING_QUANTILE`` for dark ones.
+        split_appearance: weight (>= 0) of the animals' appearance when a
+            merged blob is split. Each animal's grey-level histogram is
+            remembered from the last frame where it was segmented on its own;
+            a pixel of a merged blob then goes to the animal maximising
+            ``split_appearance * log p_animal(grey) - d² / (2 s²)`` (``d``: px
+            to the animal's centre, ``s²``: the spatial variance of one
+            animal, ``area / 2π``) instead of simply to the nearest centre.
+            Animals that look alike have similar histograms, so the term
+            vanishes and the split is the positional k-means. 0 = off.
+        fragment_ratio: blobs smaller than this fraction of the single-animal
+            area are fragments (a detached tail, a split gone wrong): they do
+            not count as animals when deciding whether merged blobs must be
+            split, and they never count towards the running single-animal
+            area. They are still returned (last, as the smallest). 0 = off.
     """
 
     polarity: str = "auto"
@@ -134,6 +179,8 @@ class ClassicalConfig:
     animal_area: float | None = None
     background_samples: int = 50
     background_quantile: float | None = None
+    split_appearance: float = 1.0
+    fragment_ratio: float = 0.25
 
     def __post_init__(self):
         checks = [
@@ -153,6 +200,8 @@ class ClassicalConfig:
             (self.background_samples >= 1, "background_samples", ">= 1"),
             (self.background_quantile is None or 0 <= self.background_quantile <= 1,
              "background_quantile", "in [0, 1] or null"),
+            (self.split_appearance >= 0, "split_appearance", ">= 0"),
+            (0 <= self.fragment_ratio < 1, "fragment_ratio", "in [0, 1)"),
         ]
         for ok, name, what in checks:
             if not ok:
@@ -202,7 +251,8 @@ _OPTION_TYPES = {
     "polarity": "str", "threshold": "float?", "seed_threshold": "float?", "min_threshold": "float", "min_area": "int",
     "max_area": "int?", "open_radius": "int", "close_radius": "int", "fill_holes": "bool",
     "split_merged": "bool", "split_area_ratio": "float", "animal_area": "float?",
-    "background_samples": "int", "background_quantile": "float?",
+    "background_samples": "int", "background_quantile": "float?", "split_appearance": "float",
+    "fragment_ratio": "float",
 }
 
 
@@ -220,6 +270,11 @@ class Instance:
             background, times, when the single-animal area ``ref`` is known,
             the area ratio ``min(area, ref) / max(area, ref)``.
         flags: bit field of :mod:`sipec_models.segmentation.flags`.
+        appearance: ``(HIST_BINS,)`` float grey-level histogram of the
+            animal (sums to 1, smoothed; :func:`grey_histogram`): of the
+            instance's own pixels, or, for a part of a split blob, the
+            histogram of the animal it was seeded with (so that it is not
+            contaminated by a wrong split). ``None`` when unknown.
     """
 
     box: tuple[int, int, int, int]
@@ -228,6 +283,7 @@ class Instance:
     area: int
     score: float
     flags: int = 0
+    appearance: np.ndarray | None = None
 
     def full_mask(self, shape: tuple[int, int]) -> np.ndarray:
         """The mask as a full-frame ``(H, W)`` bool array."""
@@ -581,22 +637,42 @@ class ClassicalSegmenter:
         n_animals: int | None = None,
         prev_centres: np.ndarray | None = None,
         ref_area: float | None = None,
+        prev_appearance: np.ndarray | None = None,
     ) -> list[Instance]:
         """Segment one ``(H, W)`` uint8 grey frame; see :func:`segment_frame`."""
         blobs = self.blobs(frame)
         ref_area = self.cfg.animal_area or ref_area
+        areas = [int(np.count_nonzero(b[2])) for b in blobs]
         parts = [1] * len(blobs)
-        if self.cfg.split_merged and n_animals and len(blobs) < n_animals:
-            parts = _allocate_parts([np.count_nonzero(b[2]) for b in blobs], n_animals, ref_area,
-                                    self.cfg.split_area_ratio)
-        seeds = _seeds_per_blob(blobs, prev_centres) if any(k > 1 for k in parts) else None
+        # Fragments (much smaller than one animal) do not count as animals for the split decision.
+        real = [b for b, a in enumerate(areas) if not (ref_area and a < self.cfg.fragment_ratio * ref_area)]
+        if self.cfg.split_merged and n_animals and len(real) < n_animals:
+            real_parts = _allocate_parts([areas[b] for b in real], n_animals, ref_area, self.cfg.split_area_ratio)
+            for b, k in zip(real, real_parts):
+                parts[b] = k
         instances = []
+        if any(k > 1 for k in parts):
+            seed_idx = _seed_indices_per_blob(blobs, prev_centres)
+            prev = (np.asarray(prev_centres, np.float64).reshape(-1, 2) if prev_centres is not None
+                    else np.empty((0, 2)))
+            hists = None
+            if prev_appearance is not None and self.cfg.split_appearance > 0:
+                hists = np.asarray(prev_appearance, np.float64).reshape(len(prev), -1)
         for b, (y0, x0, mask) in enumerate(blobs):
             if parts[b] == 1:
                 instances.append(self._instance(frame, y0, x0, mask, 0, ref_area))
                 continue
-            for py0, px0, pmask in _split_blob(y0, x0, mask, parts[b], seeds[b]):
-                instances.append(self._instance(frame, py0, px0, pmask, MERGED_SPLIT, ref_area))
+            idx = seed_idx[b]
+            seed_hists = hists[idx] if hists is not None else None
+            grey = frame[y0:y0 + mask.shape[0], x0:x0 + mask.shape[1]]
+            sigma2 = (ref_area or areas[b] / parts[b]) / (2 * np.pi)
+            split = _split_blob(y0, x0, mask, parts[b], prev[idx], grey=grey, seed_hists=seed_hists,
+                                weight=self.cfg.split_appearance, sigma2=sigma2, return_seeds=True)
+            for py0, px0, pmask, j in split:
+                inst = self._instance(frame, py0, px0, pmask, MERGED_SPLIT, ref_area)
+                if j is not None and seed_hists is not None and np.isfinite(seed_hists[j]).all():
+                    inst.appearance = seed_hists[j].copy()
+                instances.append(inst)
         if self.cfg.max_area is not None:
             instances = [i for i in instances if i.area <= self.cfg.max_area]
         instances.sort(key=lambda i: (-i.area, i.box[1], i.box[0]))
@@ -618,6 +694,7 @@ class ClassicalSegmenter:
             box=(int(x0), int(y0), int(x0 + w), int(y0 + h)), mask=mask,
             com=(float(x0 + xs.mean()), float(y0 + ys.mean())), area=int(area),
             score=float(np.clip(score, 0, 1)), flags=int(flags),
+            appearance=grey_histogram(frame[y0:y0 + h, x0:x0 + w][ys, xs]),
         )
 
 
@@ -666,41 +743,75 @@ def _allocate_parts(areas: list[int], n_animals: int, ref_area: float | None, ra
 
 def _seeds_per_blob(blobs, prev_centres) -> list[np.ndarray]:
     """Previous centres ``(K, 2)`` (x, y) handed to the blob whose box is nearest (0 inside it)."""
-    out = [np.empty((0, 2)) for _ in blobs]
+    prev = np.asarray(prev_centres, np.float64).reshape(-1, 2) if prev_centres is not None else np.empty((0, 2))
+    return [prev[idx] for idx in _seed_indices_per_blob(blobs, prev_centres)]
+
+
+def _seed_indices_per_blob(blobs, prev_centres) -> list[np.ndarray]:
+    """Indices into ``prev_centres`` (finite rows only) handed to the blob whose box is nearest (0 inside it)."""
+    out = [np.empty(0, np.int64) for _ in blobs]
     if prev_centres is None or not blobs:
         return out
     prev = np.asarray(prev_centres, np.float64).reshape(-1, 2)
-    prev = prev[np.isfinite(prev).all(axis=1)]
-    if not len(prev):
+    ok = np.flatnonzero(np.isfinite(prev).all(axis=1))
+    if not ok.size:
         return out
+    prev = prev[ok]
     boxes = np.array([(x, y, x + m.shape[1], y + m.shape[0]) for y, x, m in blobs], np.float64)
     dx = np.maximum(np.maximum(boxes[None, :, 0] - prev[:, None, 0], prev[:, None, 0] - boxes[None, :, 2]), 0)
     dy = np.maximum(np.maximum(boxes[None, :, 1] - prev[:, None, 1], prev[:, None, 1] - boxes[None, :, 3]), 0)
     owner = np.argmin(np.hypot(dx, dy), axis=1)
     for b in range(len(blobs)):
-        out[b] = prev[owner == b]
+        out[b] = ok[owner == b]
     return out
 
 
-def _split_blob(y0: int, x0: int, mask: np.ndarray, k: int, seeds: np.ndarray, iterations: int = 20):
-    """Split one blob into ``k`` parts by k-means on its pixel coordinates.
+def _split_blob(y0: int, x0: int, mask: np.ndarray, k: int, seeds: np.ndarray, iterations: int = 20,
+                grey: np.ndarray | None = None, seed_hists: np.ndarray | None = None, weight: float = 0.0,
+                sigma2: float | None = None, return_seeds: bool = False):
+    """Split one blob into ``k`` parts by k-means on its pixel coordinates, optionally with appearance.
 
     Seeds are the previous centres that belong to the blob (the ``k`` most
     spread out when there are more); missing seeds are added by
     farthest-point selection among the pixels (deterministic).
 
+    With ``grey`` (the blob's ``mask.shape`` uint8 pixels), ``seed_hists``
+    (one :func:`grey_histogram` per seed) and ``weight > 0``, and when every
+    one of the ``k`` centres comes from a seed with a histogram, a pixel of
+    grey level ``g`` at distance ``d`` from centre ``j`` goes to the ``j``
+    maximising ``weight * log h_j(g) - d² / (2 sigma2)``; centres are then
+    re-estimated as the means of their pixels, as in k-means (hard EM with
+    a fixed appearance model). Pixels cut off from their part's largest
+    8-connected piece go to the best other part.
+
     Returns:
-        ``(y0, x0, mask)`` per non-empty part, tight.
+        ``(y0, x0, mask)`` per non-empty part, tight; with ``return_seeds``
+        ``(y0, x0, mask, j)`` with ``j`` the index into ``seeds`` the part
+        grew from (``None`` for a centre added by farthest-point selection).
     """
     ys, xs = np.nonzero(mask)
     pts = np.column_stack([xs + x0, ys + y0]).astype(np.float64)
-    centres = _farthest_points(pts, k, np.asarray(seeds, np.float64).reshape(-1, 2))
+    seeds = np.asarray(seeds, np.float64).reshape(-1, 2)
+    centres, origin = _farthest_points(pts, k, seeds, return_index=True)
+    log_h = None
+    if (grey is not None and seed_hists is not None and weight > 0 and all(o is not None for o in origin)):
+        hists = np.asarray(seed_hists, np.float64)[list(origin)]
+        if np.isfinite(hists).all() and (hists > 0).all():
+            bins = (np.asarray(grey)[ys, xs].astype(np.int64) * hists.shape[1]) >> 8
+            log_h = weight * np.log(hists[:, bins]).T  # (P, k)
+            sigma2 = float(sigma2) if sigma2 else max(len(pts) / k / (2 * np.pi), 1.0)
     for _ in range(iterations):
-        label = np.argmin(((pts[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
+        d2 = ((pts[:, None, :] - centres[None]) ** 2).sum(-1)
+        if log_h is None:
+            label = np.argmin(d2, axis=1)
+        else:
+            label = np.argmax(log_h - d2 / (2 * sigma2), axis=1)
         new = np.array([pts[label == j].mean(0) if np.any(label == j) else centres[j] for j in range(k)])
         if np.allclose(new, centres, atol=0.05):
             break
         centres = new
+    if log_h is not None:
+        label = _keep_largest_pieces(ys, xs, mask.shape, label, log_h - d2 / (2 * sigma2))
     parts = []
     for j in range(k):
         sel = label == j
@@ -709,26 +820,55 @@ def _split_blob(y0: int, x0: int, mask: np.ndarray, k: int, seeds: np.ndarray, i
         py, px = ys[sel], xs[sel]
         part = np.zeros((py.max() - py.min() + 1, px.max() - px.min() + 1), bool)
         part[py - py.min(), px - px.min()] = True
-        parts.append((y0 + int(py.min()), x0 + int(px.min()), part))
+        item = (y0 + int(py.min()), x0 + int(px.min()), part)
+        parts.append(item + (origin[j],) if return_seeds else item)
     return parts
 
 
-def _farthest_points(pts: np.ndarray, k: int, seeds: np.ndarray) -> np.ndarray:
-    """``k`` centres: the seeds (reduced to ``k`` by farthest-point order), completed from ``pts``."""
+def _keep_largest_pieces(ys, xs, shape, label, score) -> np.ndarray:
+    """Relabel pixels outside their part's largest 8-connected piece to their best-scoring other part."""
+    canvas = np.full(shape, -1, np.int64)
+    canvas[ys, xs] = label
+    label = label.copy()
+    k = score.shape[1]
+    for j in range(k):
+        pieces, n = ndi.label(canvas == j, structure=_EIGHT)
+        if n <= 1:
+            continue
+        sizes = np.bincount(pieces[ys, xs], minlength=n + 1)
+        sizes[0] = 0
+        stray = (pieces[ys, xs] > 0) & (pieces[ys, xs] != np.argmax(sizes))
+        if stray.any() and k > 1:
+            other = score[stray].copy()
+            other[:, j] = -np.inf
+            label[stray] = np.argmax(other, axis=1)
+    return label
+
+
+def _farthest_points(pts: np.ndarray, k: int, seeds: np.ndarray, return_index: bool = False):
+    """``k`` centres: the seeds (reduced to ``k`` by farthest-point order), completed from ``pts``.
+
+    With ``return_index``, also the index into ``seeds`` of each centre (``None`` for one taken from ``pts``).
+    """
     if len(seeds) > k:
-        chosen = [seeds[0]]
+        chosen = [0]
         while len(chosen) < k:
-            d = np.min(np.linalg.norm(seeds[:, None] - np.array(chosen)[None], axis=-1), axis=1)
-            chosen.append(seeds[np.argmax(d)])
-        return np.array(chosen)
+            d = np.min(np.linalg.norm(seeds[:, None] - seeds[chosen][None], axis=-1), axis=1)
+            chosen.append(int(np.argmax(d)))
+        out = seeds[chosen]
+        return (out, chosen) if return_index else out
     chosen = list(seeds)
+    origin: list[int | None] = list(range(len(seeds)))
     if not chosen:
         # Start with the pixel farthest from the blob's centre (an end of its long axis).
         chosen.append(pts[np.argmax(np.linalg.norm(pts - pts.mean(0), axis=1))])
+        origin.append(None)
     while len(chosen) < k:
         d = np.min(np.linalg.norm(pts[:, None] - np.array(chosen)[None], axis=-1), axis=1)
         chosen.append(pts[np.argmax(d)])
-    return np.array(chosen, np.float64)
+        origin.append(None)
+    out = np.array(chosen, np.float64)
+    return (out, origin) if return_index else out
 
 
 def segment_frame(
@@ -738,6 +878,7 @@ def segment_frame(
     n_animals: int | None = None,
     prev_centres: np.ndarray | None = None,
     ref_area: float | None = None,
+    prev_appearance: np.ndarray | None = None,
 ) -> list[Instance]:
     """Segment the animals of one frame.
 
@@ -753,13 +894,18 @@ def segment_frame(
             previous frame, px; seed the split of merged blobs.
         ref_area: px², single-animal area for the split decision (overridden
             by ``cfg.animal_area``).
+        prev_appearance: ``(K, HIST_BINS)`` grey-level histograms
+            (:attr:`Instance.appearance`) of the animals at ``prev_centres``
+            (NaN rows: unknown); used to split merged blobs by appearance as
+            well as position (``cfg.split_appearance``).
 
     Returns:
         Instances sorted by decreasing area (all of them: no cap at ``n_animals``).
     """
     if not cfg.resolved:
         cfg = _resolve(cfg, background, np.asarray(frame)[None])
-    return ClassicalSegmenter(background, cfg).segment(frame, n_animals, prev_centres, ref_area)
+    return ClassicalSegmenter(background, cfg).segment(frame, n_animals, prev_centres, ref_area,
+                                                       prev_appearance=prev_appearance)
 
 
 # --------------------------------------------------------------------------- chunks
@@ -891,13 +1037,13 @@ def segment_chunk(
     else:
         frames = ((g, g) for g in grey)
     areas: deque[int] = deque(maxlen=_AREA_MEMORY)
-    prev_centres = None
+    prev_centres = prev_appearance = None
     t = -1
     name = os.path.basename(os.fspath(path))
     for t, (frame, image) in enumerate(tqdm(frames, total=T, disable=not progress, file=sys.stderr,
                                              desc=f"segment {name} [{start}, {stop})", unit="frame")):
         ref_area = float(np.median(areas)) if areas else None
-        instances = segmenter.segment(frame, n_animals, prev_centres, ref_area)
+        instances = segmenter.segment(frame, n_animals, prev_centres, ref_area, prev_appearance=prev_appearance)
         out["n_found"][t] = len(instances)
         extra = EXTRA if len(instances) > n_animals else 0
         kept = instances[:I]
@@ -908,10 +1054,12 @@ def segment_chunk(
             out["score"][t, i] = inst.score
             out["flags"][t, i] = inst.flags | extra
             out["crop_origin"][t, i], out["mask"][t, i], out["crop"][t, i] = instance_crop(inst, image, S)
-        if len(instances) == n_animals and not any(i.flags for i in instances):
+        if (len(instances) == n_animals and not any(i.flags for i in instances)
+                and not (ref_area and min(i.area for i in instances) < cfg.fragment_ratio * ref_area)):
             areas.extend(i.area for i in instances)
         if kept:
             prev_centres = np.array([inst.com for inst in kept[:n_animals]])
+            prev_appearance = np.array([inst.appearance for inst in kept[:n_animals]])
     if t + 1 != T:
         raise VideoError(f"{path}: expected {T} frames in [{start}, {stop}), decoded {t + 1}")
     out["local_track"] = track_chunk(out["box"], out["com"], n_animals=n_animals, method=track_cfg.method,
