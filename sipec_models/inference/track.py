@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import zarr
 from tqdm import tqdm
 
