@@ -9,10 +9,16 @@ problem and exit with status 1.
     sipec probe       frame count, fps, size, codec and checksum of a video
     sipec plan        cut a video into chunks
     sipec background  background image and segmenter calibration of a video
-    sipec segment     segment one chunk (classical segmenter) into a Zarr store
+    sipec segment     segment one chunk (classical segmenter or SegNet) into a Zarr store
     sipec track       stitch chunk tracks and consolidate the video's Zarr store
-    sipec merge       per-animal table (CSV + Parquet) and trajectory figure
+    sipec identify    identity probabilities of each animal of one chunk (IdNet)
+    sipec social      social interaction events of one chunk (pairs of animals)
+    sipec merge       per-animal table (CSV + Parquet), social events, trajectory figure
     sipec summary     cohort summary over the per-animal tables
+    sipec train-segnet    train SegNet from COCO or VIA instance polygons
+    sipec train-idnet     train IdNet from identity labels (table or SLEAP tracks)
+    sipec evaluate-segnet k-fold mask AP and label-count ablation of SegNet
+    sipec evaluate-identity  identity accuracy of merged tables against labels
 """
 
 from __future__ import annotations
@@ -35,6 +41,16 @@ def _json_arg(text: str) -> dict:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _json_list(text: str) -> list:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError("expected a JSON list")
     return value
 
 
@@ -85,8 +101,8 @@ def cmd_segment(args) -> None:
 
     run_segment(
         video=args.video, video_id=args.video_id, probe=args.probe, plan=args.plan, chunk=args.chunk,
-        background=args.background, calibration=args.calibration, n_animals=args.n_animals, options=args.options,
-        tracking=args.tracking, out=args.out,
+        background=args.background, calibration=args.calibration, model=args.model, n_animals=args.n_animals,
+        options=args.options, tracking=args.tracking, out=args.out,
     )
 
 
@@ -102,7 +118,49 @@ def cmd_track(args) -> None:
 def cmd_merge(args) -> None:
     from sipec_models.tables import run_merge
 
-    run_merge(args.store, args.video_id, args.probe, args.csv, args.parquet, args.figure)
+    run_merge(args.store, args.video_id, args.probe, args.csv, args.parquet, args.figure,
+              identify=args.identify, smoothing=args.smoothing, social=args.social,
+              social_options=args.social_options, events_csv=args.events)
+
+
+def cmd_identify(args) -> None:
+    from sipec_models.inference.identify import run_identify
+
+    run_identify(args.video, args.store, args.plan, args.chunk, args.model, args.out)
+
+
+def cmd_social(args) -> None:
+    from sipec_models.social import run_social
+
+    run_social(args.video, args.store, args.probe, args.plan, args.chunk, args.options, args.out)
+
+
+def cmd_train_segnet(args) -> None:
+    from sipec_models.training.segnet import run_train_segnet
+
+    run_train_segnet(args.labels, args.out, video=args.video, image_root=args.image_root,
+                     overrides=args.overrides, frames=args.frames, metrics_out=args.metrics)
+
+
+def cmd_train_idnet(args) -> None:
+    from sipec_models.training.idnet import run_train_idnet
+
+    run_train_idnet(args.sources, args.out, overrides=args.overrides, metrics_out=args.metrics)
+
+
+def cmd_evaluate_segnet(args) -> None:
+    from sipec_models.evaluation import run_evaluate_segnet
+
+    run_evaluate_segnet(args.labels, video=args.video, folds=args.folds, n_frames=args.frames,
+                        label_counts=args.label_counts,
+                        overrides=args.overrides, cv_out=args.cv, ablation_out=args.ablation,
+                        figure=args.figure, seed=args.seed)
+
+
+def cmd_evaluate_identity(args) -> None:
+    from sipec_models.evaluation import run_evaluate_identity
+
+    run_evaluate_identity(args.video_id, args.store, args.probe, args.identify, args.truth, args.out)
 
 
 def cmd_summary(args) -> None:
@@ -152,14 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", required=True, type=Path, help="JSON: options with thresholds resolved")
     p.set_defaults(func=cmd_background)
 
-    p = sub.add_parser("segment", help="segment one chunk into its own Zarr store")
+    p = sub.add_parser("segment", help="segment one chunk (classical or SegNet) into its own Zarr store")
     p.add_argument("video", type=Path)
     p.add_argument("--video-id", required=True)
     p.add_argument("--probe", required=True, type=Path)
     p.add_argument("--plan", required=True, type=Path)
     p.add_argument("--chunk", required=True, type=int)
-    p.add_argument("--background", required=True, type=Path)
-    p.add_argument("--calibration", required=True, type=Path, help="segmenter calibration JSON")
+    p.add_argument("--background", type=Path, help="background .npy (classical segmenter)")
+    p.add_argument("--calibration", type=Path, help="segmenter calibration JSON (classical segmenter)")
+    p.add_argument("--model", type=Path, help="SegNet checkpoint (segmentation.method segnet)")
     p.add_argument("--n-animals", required=True, type=int)
     p.add_argument("--options", type=_json_arg, default={}, help="segmentation options (JSON)")
     p.add_argument("--tracking", type=_json_arg, default={}, help="tracking options (JSON)")
@@ -183,7 +242,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", required=True, type=Path)
     p.add_argument("--parquet", required=True, type=Path)
     p.add_argument("--figure", required=True, type=Path)
+
+    p.add_argument("--identify", nargs="*", default=[], type=Path,
+                   help="identify chunk stores: rows keyed by identity instead of track")
+    p.add_argument("--smoothing", choices=["none", "track"], default="track",
+                   help="identity probabilities averaged along tracks before assignment")
+    p.add_argument("--social", nargs="*", default=[], type=Path, help="social chunk stores")
+    p.add_argument("--social-options", type=_json_arg, default={}, help="social options (JSON)")
+    p.add_argument("--events", type=Path, help="social events CSV (with --social)")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("identify", help="IdNet identity probabilities of one chunk")
+    p.add_argument("video", type=Path)
+    p.add_argument("--store", required=True, type=Path, help="the consolidated video store (from track)")
+    p.add_argument("--plan", required=True, type=Path)
+    p.add_argument("--chunk", required=True, type=int)
+    p.add_argument("--model", required=True, type=Path, help="IdNet checkpoint")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_identify)
+
+    p = sub.add_parser("social", help="social interaction events of one chunk")
+    p.add_argument("video", type=Path)
+    p.add_argument("--store", required=True, type=Path, help="the consolidated video store (from track)")
+    p.add_argument("--probe", required=True, type=Path)
+    p.add_argument("--plan", required=True, type=Path)
+    p.add_argument("--chunk", required=True, type=int)
+    p.add_argument("--options", type=_json_arg, default={}, help="social options (JSON)")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_social)
+
+    p = sub.add_parser("train-segnet", help="train SegNet from COCO or VIA instance polygons")
+    p.add_argument("--labels", required=True, type=Path, help="COCO or VIA JSON")
+    p.add_argument("--video", type=Path, help="video whose frames the labels index (default: images beside the JSON)")
+    p.add_argument("--image-root", type=Path, help="folder of the labelled images (default: the JSON's folder)")
+    p.add_argument("--frames", type=int, nargs=2, metavar=("START", "STOP"), help="use label frames [START, STOP)")
+    p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of config/models/segnet.yaml")
+    p.add_argument("--metrics", type=Path, help="training summary JSON")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint (.pt)")
+    p.set_defaults(func=cmd_train_segnet)
+
+    p = sub.add_parser("train-idnet", help="train IdNet from identity labels")
+    p.add_argument("--sources", required=True, type=_json_list,
+                   help='JSON list of {"video", "store", "labels", "format", "frames"}')
+    p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of config/models/idnet.yaml")
+    p.add_argument("--metrics", type=Path, help="training summary JSON")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint (.pt)")
+    p.set_defaults(func=cmd_train_idnet)
+
+    p = sub.add_parser("evaluate-segnet", help="k-fold mask AP@0.5 and a label-count ablation of SegNet")
+    p.add_argument("--labels", required=True, type=Path, help="COCO or VIA JSON")
+    p.add_argument("--video", type=Path, help="video whose frames the labels index")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--frames", type=int, default=40, help="labelled frames used, evenly spaced in time")
+    p.add_argument("--label-counts", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of config/models/segnet.yaml")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cv", required=True, type=Path, help="per-fold CSV")
+    p.add_argument("--ablation", required=True, type=Path, help="per fold and label count CSV")
+    p.add_argument("--figure", required=True, type=Path, help="ablation figure (PNG)")
+    p.set_defaults(func=cmd_evaluate_segnet)
+
+    p = sub.add_parser("evaluate-identity", help="identity accuracy of a video against identity labels")
+    p.add_argument("--video-id", required=True)
+    p.add_argument("--store", required=True, type=Path, help="the consolidated video store")
+    p.add_argument("--probe", required=True, type=Path)
+    p.add_argument("--identify", required=True, nargs="+", type=Path, help="identify chunk stores")
+    p.add_argument("--truth", required=True, type=Path, help="identity table: frame, identity and box or x, y")
+    p.add_argument("--out", required=True, type=Path, help="JSON")
+    p.set_defaults(func=cmd_evaluate_identity)
 
     p = sub.add_parser("summary", help="cohort summary over per-animal tables")
     p.add_argument("tables", nargs="+", type=Path)

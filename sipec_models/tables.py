@@ -25,19 +25,25 @@ def animal_names(n_animals: int) -> list[str]:
     return [f"animal_{i}" for i in range(n_animals)]
 
 
-def animal_table(store: str | os.PathLike, video_id: str, fps: float) -> pd.DataFrame:
+def animal_table(store: str | os.PathLike, video_id: str, fps: float,
+                 identity: tuple[np.ndarray, np.ndarray, list[str]] | None = None) -> pd.DataFrame:
     """Build the per-animal table of a consolidated video store.
 
     Args:
         store: the video store (arrays ``com``, ``box``, ``area``, ``score``,
-            ``flags`` indexed ``(frame, animal, ...)``).
+            ``flags`` indexed ``(frame, slot, ...)``; a slot is a track).
         video_id: value of the ``video`` column.
         fps: frames per second, for ``time_s``.
+        identity: ``(assignment (T, A) int, probability (T, A) float, names)``
+            from identification: the identity index given to each slot per
+            frame (-1 none) and its probability. When given, rows are keyed
+            by identity: ``animal`` is the identity name, ``track`` the slot
+            that held it in that frame, ``identity_prob`` its probability.
 
     Returns:
         DataFrame sorted by frame then animal, one row per frame and animal
-        (``T * A`` rows); undetected animals have NaN positions and
-        ``detected = False``.
+        (``T * A`` rows, or ``T * K`` for ``K`` identities); undetected
+        animals have NaN positions and ``detected = False``.
     """
     group = open_store(store)
     com = group["com"][...]
@@ -48,6 +54,35 @@ def animal_table(store: str | os.PathLike, video_id: str, fps: float) -> pd.Data
     n_found = group["n_found"][...]
     n_frames, n_animals = area.shape
     names = list(group.attrs.get("animal_names") or animal_names(n_animals))
+    track_names = np.tile(np.asarray(names, dtype=object), (n_frames, 1))
+    extra = {}
+    if identity is not None:
+        assignment, probability, names = identity
+        if assignment.shape != (n_frames, n_animals):
+            raise ValueError(f"{store}: identity assignment has shape {assignment.shape}, expected "
+                             f"{(n_frames, n_animals)}")
+        # slot_of[t, k]: the slot holding identity k in frame t (-1 none).
+        slot_of = np.full((n_frames, len(names)), -1, np.int64)
+        t_idx, a_idx = np.nonzero(assignment >= 0)
+        slot_of[t_idx, assignment[t_idx, a_idx]] = a_idx
+        held = slot_of >= 0
+        pick = np.where(held, slot_of, 0)
+        rows = np.arange(n_frames)[:, None]
+
+        def by_identity(x):
+            out = x[rows, pick]
+            if np.issubdtype(out.dtype, np.floating):
+                out = np.where(held.reshape(held.shape + (1,) * (out.ndim - 2)), out, np.nan)
+            else:
+                out = np.where(held.reshape(held.shape + (1,) * (out.ndim - 2)), out, 0)
+            return out
+
+        com, box, area, score, flags = map(by_identity, (com, box, area, score, flags))
+        extra = {
+            "track": np.where(held, track_names[rows, pick], "").reshape(-1),
+            "identity_prob": np.where(held, probability[rows, pick], np.nan).reshape(-1),
+        }
+        n_animals = len(names)
     frame = np.repeat(np.arange(n_frames), n_animals)
     detected = np.isfinite(area).reshape(-1)
     table = pd.DataFrame({
@@ -55,6 +90,7 @@ def animal_table(store: str | os.PathLike, video_id: str, fps: float) -> pd.Data
         "frame": frame,
         "time_s": frame / fps,
         "animal": np.tile(np.asarray(names, dtype=object), n_frames),
+        **extra,
         "x": com[..., 0].reshape(-1),
         "y": com[..., 1].reshape(-1),
         "box_x0": box[..., 0].reshape(-1),
@@ -84,12 +120,75 @@ def _write_atomic(table: pd.DataFrame, path: Path, kind: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def run_merge(store, video_id: str, probe_json, csv, parquet, figure) -> pd.DataFrame:
-    """Write the per-animal table (CSV and Parquet) and the trajectory figure of a video."""
+def read_identity_chunks(paths: Sequence[str | os.PathLike], n_frames: int) -> tuple[np.ndarray, list[str]]:
+    """Concatenate the ``identity_prob`` ``(T, A, K)`` of a video's identify chunk stores.
+
+    Returns ``(prob, identity_names)``; frames no chunk covers stay NaN.
+    """
+    prob = names = None
+    for p in paths:
+        g = open_store(p)
+        s, e = g.attrs["frame_start"], g.attrs["frame_stop"]
+        chunk = g["identity_prob"][...]
+        if prob is None:
+            names = list(g.attrs["identity_names"])
+            prob = np.full((n_frames,) + chunk.shape[1:], np.nan, np.float32)
+        elif list(g.attrs["identity_names"]) != names:
+            raise ValueError(f"{p}: identity names {g.attrs['identity_names']} differ from the other chunks' {names}")
+        prob[s:e] = chunk
+    if prob is None:
+        raise ValueError("no identify chunk stores given")
+    return prob, names
+
+
+def identities_of_slots(store, identify: Sequence[str | os.PathLike], smoothing: str = "track"
+                        ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per-frame identity of each slot of a video store, from its identify chunk stores.
+
+    ``smoothing="track"`` averages the probabilities along each track run first
+    (SIPEC's smoothing with greedy mask-match tracking); ``"none"`` assigns
+    frame by frame. Either way one identity is never given to two animals in
+    a frame (:func:`sipec_models.identity.assign_identities`).
+
+    Returns ``(assignment (T, A) int, probability (T, A) float, names)``.
+    """
+    from sipec_models.identity import assign_identities, smooth_along_tracks
+
+    group = open_store(store)
+    prob, names = read_identity_chunks(identify, group.attrs["n_frames"])
+    if smoothing == "track":
+        _, prob = smooth_along_tracks(prob, group["track"][...])
+    elif smoothing != "none":
+        raise ValueError(f"identification.smoothing must be 'none' or 'track', not {smoothing!r}")
+    assignment = assign_identities(prob)
+    chosen = np.take_along_axis(np.nan_to_num(prob, nan=0.0), np.maximum(assignment, 0)[..., None], axis=2)[..., 0]
+    return assignment, np.where(assignment >= 0, chosen, np.nan), names
+
+
+def run_merge(store, video_id: str, probe_json, csv, parquet, figure, identify: Sequence[str] = (),
+              smoothing: str = "track", social: Sequence[str] = (), social_options=None, events_csv=None
+              ) -> pd.DataFrame:
+    """Write the per-animal table (CSV and Parquet) and the trajectory figure of a video.
+
+    With ``identify`` chunk stores, rows are keyed by identity (see
+    :func:`animal_table`); with ``social`` chunk stores, the interaction bouts
+    go to ``events_csv`` (pairs named like the table's ``animal`` column) and
+    the table gains ``social_partners`` (the animals each one interacts with
+    in that frame, ``;``-separated).
+    """
     from sipec_models.plots import trajectory_figure
 
     info, _ = load_probe(probe_json)
-    table = animal_table(store, video_id, info.fps)
+    identity = identities_of_slots(store, identify, smoothing) if identify else None
+    table = animal_table(store, video_id, info.fps, identity=identity)
+    events = None
+    if social:
+        events = _social_events(store, social, identity, info.fps, video_id, social_options)
+        table["social_partners"] = _partners(table, events)
+    if events is not None:
+        if events_csv is None:
+            raise ValueError("social chunk stores given but no events_csv to write")
+        _write_atomic(events, Path(events_csv), "csv")
     _write_atomic(table, Path(parquet), "parquet")
     _write_atomic(table, Path(csv), "csv")
     trajectory_figure(table, info.width, info.height, figure, title=video_id)
@@ -97,6 +196,32 @@ def run_merge(store, video_id: str, probe_json, csv, parquet, figure) -> pd.Data
     log.info("%s: %d frames, %d animals, detected %s", video_id, table["frame"].nunique(), len(per_animal),
              ", ".join(f"{a} {v:.1%}" for a, v in per_animal.items()))
     return table
+
+
+def _social_events(store, social, identity, fps, video_id, options) -> pd.DataFrame:
+    from sipec_models.social import SocialConfig, event_table, read_social_chunks
+
+    group = open_store(store)
+    n_frames, n_slots = group.attrs["n_frames"], group.attrs["n_animals"]
+    event, overlap, pair_slots = read_social_chunks(social, n_frames)
+    track_names = np.asarray(group.attrs.get("animal_names") or animal_names(n_slots), dtype=object)
+    slot_names = np.tile(track_names, (n_frames, 1))
+    if identity is not None:
+        assignment, _, names = identity
+        named = np.asarray(names, dtype=object)[np.maximum(assignment, 0)]
+        slot_names = np.where(assignment >= 0, named, "unidentified")
+    return event_table(event, overlap, pair_slots, slot_names, fps, video_id, SocialConfig.from_dict(options))
+
+
+def _partners(table: pd.DataFrame, events: pd.DataFrame) -> np.ndarray:
+    """``;``-joined partners of each row's animal in that frame, from the event bouts."""
+    partners: dict[tuple[int, str], set[str]] = {}
+    for ev in events.itertuples():
+        for f in range(ev.start_frame, ev.stop_frame):
+            partners.setdefault((f, ev.animal_a), set()).add(ev.animal_b)
+            partners.setdefault((f, ev.animal_b), set()).add(ev.animal_a)
+    return np.array([";".join(sorted(partners.get((f, a), ()))) for f, a in zip(table["frame"], table["animal"])],
+                    dtype=object)
 
 
 def summarise(table: pd.DataFrame) -> pd.DataFrame:

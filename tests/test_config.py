@@ -107,6 +107,7 @@ def test_schema_matches_option_classes():
 
     from sipec_models.config import _load_schema
     from sipec_models.segmentation.classical import ClassicalConfig
+    from sipec_models.social import SocialConfig
     from sipec_models.tracking import TrackingConfig
 
     props = _load_schema("config.schema.yaml")["properties"]
@@ -115,3 +116,5 @@ def test_schema_matches_option_classes():
     defaults = validate_config({})
     assert ClassicalConfig.from_dict(defaults["segmentation"]["classical"]) == ClassicalConfig()
     assert TrackingConfig.from_dict(defaults["tracking"]) == TrackingConfig()
+    assert set(props["social"]["properties"]) - {"enabled"} == {f.name for f in fields(SocialConfig)}
+    assert SocialConfig.from_dict(defaults["social"]) == SocialConfig()

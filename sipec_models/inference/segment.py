@@ -57,14 +57,16 @@ def load_background(path, info) -> np.ndarray:
 
 
 def run_segment(
-    video, video_id: str, probe, plan, chunk: int, background, calibration, n_animals: int,
-    options: Mapping[str, Any], tracking: Mapping[str, Any], out,
+    video, video_id: str, probe, plan, chunk: int, n_animals: int, options: Mapping[str, Any],
+    tracking: Mapping[str, Any], out, background=None, calibration=None, model=None,
 ) -> Path:
     """Segment frames ``[start, stop)`` of chunk ``chunk`` and write the chunk store ``out``.
 
     ``options`` is the ``segmentation`` section of the config, ``tracking``
-    its ``tracking`` section (the chunk-local tracks are linked here);
-    ``calibration`` the resolved classical options from :func:`run_background`.
+    its ``tracking`` section (the chunk-local tracks are linked here). With
+    ``method: classical``, ``background`` and ``calibration`` (the resolved
+    classical options from :func:`run_background`) are required; with
+    ``method: segnet``, ``model`` (a SegNet checkpoint).
     """
     info, checksum = load_probe(probe)
     chunks = load_plan(plan)["chunks"]
@@ -72,23 +74,37 @@ def run_segment(
         raise ValueError(f"{plan}: has no chunk {chunk} (it lists {len(chunks)})")
     start, stop = chunks[chunk]["start"], chunks[chunk]["stop"]
     method = options.get("method", "classical")
-    if method != "classical":
-        raise ValueError(f"segmentation.method {method!r} is not available")
-    cfg = ClassicalConfig.from_dict(json.loads(Path(calibration).read_text()))
     n_instances = n_animals + int(options.get("extra_instances", 0))
-    arrays = segment_chunk(
-        video, start, stop, load_background(background, info), cfg,
-        n_animals=n_animals, n_instances=n_instances, crop_size=int(options.get("crop_size", 64)),
-        color=options.get("color", "gray"), info=info, progress=True,
-        tracking=dict(tracking),
-    )
+    crop_size = int(options.get("crop_size", 64))
+    color = options.get("color", "gray")
+    if method == "classical":
+        if background is None or calibration is None:
+            raise ValueError("segmentation.method classical needs --background and --calibration")
+        cfg = ClassicalConfig.from_dict(json.loads(Path(calibration).read_text()))
+        used = {**options, "classical": cfg.to_dict()}
+        arrays = segment_chunk(
+            video, start, stop, load_background(background, info), cfg,
+            n_animals=n_animals, n_instances=n_instances, crop_size=crop_size,
+            color=color, info=info, progress=True, tracking=dict(tracking),
+        )
+    elif method == "segnet":
+        if model is None:
+            raise ValueError("segmentation.method segnet needs --model (a SegNet checkpoint)")
+        from sipec_models.segmentation.segnet import segment_chunk_segnet
+
+        used = {**options, "segnet": {**options.get("segnet", {}), "model": str(model)}}
+        arrays = segment_chunk_segnet(
+            video, start, stop, model, n_animals=n_animals, n_instances=n_instances, crop_size=crop_size,
+            color=color, info=info, progress=True, tracking=dict(tracking),
+        )
+    else:
+        raise ValueError(f"segmentation.method {method!r} is not available (classical or segnet)")
     fields = {name: spec_field(name, a) for name, a in arrays.items()}
     attrs = {
         "video_id": video_id, "chunk": chunk, "frame_start": start, "frame_stop": stop,
-        "n_instances": n_instances, "n_animals": n_animals, "crop_size": int(options.get("crop_size", 64)),
+        "n_instances": n_instances, "n_animals": n_animals, "crop_size": crop_size,
         "segmenter": method, "fps": info.fps,
-        "provenance": provenance(video, checksum, {"segmentation": {**options, "classical": cfg.to_dict()},
-                                                    "tracking": dict(tracking)}),
+        "provenance": provenance(video, checksum, {"segmentation": used, "tracking": dict(tracking)}),
     }
     write_store(out, fields, attrs)
     found = arrays["n_found"]
@@ -96,7 +112,8 @@ def run_segment(
              chunk, start, stop, stop - start, found.mean(), int((found < n_animals).sum()), n_animals,
              int((found > n_animals).sum()))
     if (found == 0).any():
-        log.warning("%s: no animal found in %d of %d frames of chunk %d (check the segmentation options, "
-                    "e.g. polarity and threshold, in %s)", video, int((found == 0).sum()), len(found), chunk,
-                    calibration)
+        hint = (f"check the segmentation options, e.g. polarity and threshold, in {calibration}"
+                if method == "classical" else f"check the SegNet model {model} and its infer.* thresholds")
+        log.warning("%s: no animal found in %d of %d frames of chunk %d (%s)", video, int((found == 0).sum()),
+                    len(found), chunk, hint)
     return Path(out)

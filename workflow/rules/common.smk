@@ -10,12 +10,47 @@ try:
     _DEMO = config["demo"]
     DEMO_DIR = Path(_DEMO["outdir"])
     DEMO_VIDEOS = [DEMO_DIR / f"arena_{i}.mp4" for i in range(_DEMO["n_videos"])] if _DEMO["enabled"] else []
+    # Ground truth the demo renders beside each video (labels for training and evaluation).
+    DEMO_TRUTH = [DEMO_DIR / f"arena_{i}" / name for i in range(len(DEMO_VIDEOS))
+                  for name in ("masks_coco.json", "centroids.csv", "identities.csv")]
     VIDEOS = load_videos(config["videos"], producible={str(p) for p in DEMO_VIDEOS})
 except ConfigError as err:
     raise WorkflowError(f"Invalid configuration:\n{err}") from None
 
 RESULTS = Path(config["results"])
 VIDEO_IDS = list(VIDEOS.index)
+MODELS = RESULTS / "models"
+SEG = config["segmentation"]
+SEGNET = SEG["method"] == "segnet"
+IDENT = config["identification"]
+SOCIAL = config["social"]
+
+
+def _config_error(message):
+    raise WorkflowError(f"Invalid configuration:\n{message}")
+
+
+def resolve_video(ref):
+    """A video id of videos.tsv -> its path; anything else is taken as a path."""
+    return VIDEOS.loc[ref, "path"] if ref in VIDEOS.index else ref
+
+
+if SEGNET and not SEG["segnet"]["model"] and not SEG["segnet"]["labels"]:
+    _config_error("segmentation.method is segnet but neither segmentation.segnet.model (a trained checkpoint) "
+                  "nor segmentation.segnet.labels (COCO or VIA polygons to train one) is set")
+if IDENT["enabled"] and not IDENT["model"]:
+    if not IDENT["labels"]:
+        _config_error("identification.enabled is true but neither identification.model nor "
+                      "identification.labels is set")
+    for _entry in IDENT["labels"]:
+        if _entry["video"] not in VIDEOS.index:
+            _config_error(f"identification.labels: video {_entry['video']!r} is not in {config['videos']} "
+                          f"(ids: {', '.join(VIDEO_IDS)})")
+        if not Path(_entry["labels"]).exists() and Path(_entry["labels"]) not in DEMO_TRUTH:
+            _config_error(f"identification.labels: {_entry['labels']}: file does not exist")
+
+SEGNET_MODEL = Path(SEG["segnet"]["model"]) if SEG["segnet"]["model"] else MODELS / "segnet.pt"
+IDNET_MODEL = Path(IDENT["model"]) if IDENT["model"] else MODELS / "idnet.pt"
 
 
 wildcard_constraints:
@@ -47,3 +82,20 @@ def chunk_ids(video):
 
 def chunk_stores(wildcards):
     return [RESULTS / f"{wildcards.video}/segment/chunk_{c}.zarr" for c in chunk_ids(wildcards.video)]
+
+
+def idnet_sources():
+    """The identity-label sources of train_idnet, as the JSON `sipec train-idnet` takes."""
+    return [
+        {"video": str(resolve_video(e["video"])), "store": str(RESULTS / e["video"] / f"{e['video']}.zarr"),
+         "labels": e["labels"], "format": e["format"], "frames": e["frames"]}
+        for e in IDENT["labels"]
+    ]
+
+
+def identify_stores(wildcards):
+    return [RESULTS / f"{wildcards.video}/identify/chunk_{c}.zarr" for c in chunk_ids(wildcards.video)]
+
+
+def social_stores(wildcards):
+    return [RESULTS / f"{wildcards.video}/social/chunk_{c}.zarr" for c in chunk_ids(wildcards.video)]

@@ -6,6 +6,7 @@ if DEMO_VIDEOS:
     rule demo:
         output:
             DEMO_VIDEOS,
+            DEMO_TRUTH,
         params:
             outdir=DEMO_DIR,
             d=config["demo"],

@@ -1,8 +1,31 @@
 # Merge: per-animal tables and figures per video; the cohort summary over all videos.
 
 
+def merge_inputs(wildcards):
+    """Identify chunk stores when identification is on, social chunk stores when social events are."""
+    inputs = {}
+    if IDENT["enabled"]:
+        inputs["identify"] = identify_stores(wildcards)
+    if SOCIAL["enabled"]:
+        inputs["social"] = social_stores(wildcards)
+    return inputs
+
+
+def merge_args(wildcards, input, output):
+    args = []
+    if IDENT["enabled"]:
+        # getattr: the chunk lists are unknown until the plan checkpoint has run.
+        args += ["--identify", *(f"'{p}'" for p in getattr(input, "identify", [])), "--smoothing",
+                 IDENT["smoothing"]]
+    if SOCIAL["enabled"]:
+        args += ["--social", *(f"'{p}'" for p in getattr(input, "social", [])), "--social-options", f"'{options('social')}'",
+                 "--events", f"'{output.events}'"]
+    return " ".join(args)
+
+
 rule merge:
     input:
+        unpack(merge_inputs),
         store=RESULTS / "{video}/{video}.zarr",
         probe=RESULTS / "{video}/probe.json",
     output:
@@ -14,11 +37,14 @@ rule merge:
             category="Trajectories",
             subcategory="{video}",
         ),
+        **({"events": RESULTS / "{video}/social_events.csv"} if SOCIAL["enabled"] else {}),
+    params:
+        extra=merge_args,
     log:
         "logs/merge/{video}.log",
     shell:
         "sipec merge {input.store:q} --video-id {wildcards.video} --probe {input.probe:q} "
-        "--csv {output.csv:q} --parquet {output.parquet:q} --figure {output.figure:q} > {log} 2>&1"
+        "--csv {output.csv:q} --parquet {output.parquet:q} --figure {output.figure:q} {params.extra} > {log} 2>&1"
 
 
 rule summary:

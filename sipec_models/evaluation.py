@@ -1,0 +1,246 @@
+"""Evaluation of trained models against labels: SegNet cross-validation and label-count ablation,
+identity accuracy of a segmented and identified video.
+
+Every score comes with a chance level computed the same way on mismatched
+labels, and splits are by time block (consecutive labelled frames), never
+by shuffled neighbouring frames.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- SegNet
+
+
+def time_block_folds(n: int, k: int) -> list[np.ndarray]:
+    """``k`` test folds of ``n`` time-ordered items: contiguous blocks of near-equal size."""
+    if not 2 <= k <= n:
+        raise ValueError(f"cannot make {k} folds of {n} labelled frames (need 2 <= folds <= frames)")
+    return [np.asarray(b) for b in np.array_split(np.arange(n), k)]
+
+
+def evenly_spaced(n: int, m: int) -> np.ndarray:
+    """Indices of ``min(m, n)`` items spread evenly over ``n``."""
+    return np.unique(np.linspace(0, n - 1, min(m, n)).round().astype(int))
+
+
+def segnet_predictions(model, images: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per frame ``(scores (N,), masks (N, H, W) bool)`` of a SegNet on ``(F, H, W)`` uint8 frames."""
+    from sipec_models.segmentation.segnet import SegNetSegmenter
+
+    shape = images.shape[1:3]
+    out = []
+    for instances in SegNetSegmenter(model).segment_batch(images):
+        scores = np.array([i.score for i in instances], np.float64)
+        masks = np.array([i.full_mask(shape) for i in instances], bool).reshape(-1, *shape)
+        out.append((scores, masks))
+    return out
+
+
+def mask_ap_with_chance(predictions, truths) -> tuple[float, float]:
+    """Mask AP@0.5 of ``predictions`` and its chance level.
+
+    Chance: the same predictions scored against the labels of other frames
+    (each test frame paired with the one half the test set away), so a
+    model that ignores the image scores what placement statistics alone give.
+    """
+    from sipec_models.metrics import average_precision
+
+    ap = average_precision(predictions, truths, 0.5, kind="mask")
+    n = len(truths)
+    shifted = [truths[(i + max(1, n // 2)) % n] for i in range(n)]
+    chance = average_precision(predictions, shifted, 0.5, kind="mask") if n > 1 else float("nan")
+    return float(ap), float(chance)
+
+
+def run_evaluate_segnet(labels, video=None, folds: int = 5, n_frames: int = 40,
+                        label_counts: Sequence[int] = (1, 2, 4, 8, 16), overrides: Iterable[str] = (),
+                        cv_out=None, ablation_out=None, figure=None, seed: int = 0) -> pd.DataFrame:
+    """k-fold cross-validation and label-count ablation of SegNet (SIPEC Fig. 2b).
+
+    ``n_frames`` labelled frames, evenly spaced in time, are cut into
+    ``folds`` contiguous blocks. Per fold, SegNet is trained on the other
+    blocks (all of their frames: the ``cv`` rows) and on random subsets of
+    ``label_counts`` of their frames (the ablation rows), and scored by mask
+    AP@0.5 on the held-out block, with the chance level beside it.
+
+    Writes ``cv_out`` (CSV: fold, n_train, n_test, ap, chance, train_s),
+    ``ablation_out`` (the same per fold and label count, ``full`` marking the
+    cv rows) and ``figure`` (AP against labelled frames, 95 % of peak marked).
+
+    Returns:
+        The ablation table.
+    """
+    from sipec_models.io.masks import load_instance_masks, read_label_images
+    from sipec_models.training.config import load_model_config
+    from sipec_models.training.segnet import train_segnet
+
+    cfg = load_model_config("segnet", list(overrides))
+    frames = [lf for lf in load_instance_masks(labels) if len(lf.masks)]
+    frames.sort(key=lambda lf: (lf.frame if lf.frame is not None else -1, lf.file_name))
+    frames = [frames[i] for i in evenly_spaced(len(frames), n_frames)]
+    images = read_label_images(frames, video=video, image_root=None if video else Path(labels).parent)
+    masks = [lf.masks for lf in frames]
+    rng = np.random.default_rng(seed)
+    rows = []
+    test_folds = time_block_folds(len(frames), folds)
+    for f, test in enumerate(test_folds):
+        train = np.setdiff1d(np.arange(len(frames)), test)
+        sizes = sorted({c for c in label_counts if c < len(train)} | {len(train)})
+        for size in sizes:
+            subset = train if size == len(train) else np.sort(rng.choice(train, size, replace=False))
+            t0 = time.perf_counter()
+            model = train_segnet(images[subset], [masks[i] for i in subset], cfg, progress=False)
+            train_s = time.perf_counter() - t0
+            ap, chance = mask_ap_with_chance(segnet_predictions(model, images[test]), [masks[i] for i in test])
+            rows.append({"fold": f, "n_train": int(size), "n_test": int(len(test)), "full": size == len(train),
+                         "ap": ap, "chance": chance, "train_s": round(train_s, 1)})
+            log.info("fold %d/%d, %d labelled frames: mask AP@0.5 %.3f (chance %.3f), trained in %.0f s",
+                     f + 1, len(test_folds), size, ap, chance, train_s)
+    table = pd.DataFrame(rows)
+    cv = table[table["full"]].drop(columns="full")
+    summary = ablation_summary(table)
+    log.info("cross-validation: mask AP@0.5 %.3f ± %.3f (mean ± s.e.m. over %d folds), chance %.3f; "
+             "95%% of peak reached with %s labelled frames", cv["ap"].mean(), _sem(cv["ap"]), len(cv),
+             cv["chance"].mean(), summary["frames_for_95"])
+    if cv_out:
+        _write_csv(cv, cv_out)
+    if ablation_out:
+        _write_csv(table, ablation_out)
+    if figure:
+        ablation_figure(table, figure, "SegNet: mask AP@0.5", "labelled frames")
+    return table
+
+
+def _sem(x) -> float:
+    x = np.asarray(x, float)
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+def ablation_summary(table: pd.DataFrame, score: str = "ap") -> dict:
+    """Mean score per label count, the peak, and the smallest count reaching 95 % of the peak."""
+    means = table.groupby("n_train")[score].mean()
+    peak = float(means.max())
+    reach = means[means >= 0.95 * peak]
+    return {"means": {int(k): float(v) for k, v in means.items()}, "peak": peak,
+            "frames_for_95": int(reach.index.min()) if len(reach) else None}
+
+
+def ablation_figure(table: pd.DataFrame, path, title: str, xlabel: str, score: str = "ap") -> None:
+    """Score against training labels: folds as dots, mean line, 95 % of peak, chance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = ablation_summary(table, score)
+    means = pd.Series(summary["means"])
+    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
+    ax.scatter(table["n_train"], table[score], s=14, color="0.3", alpha=0.7, label="folds")
+    ax.plot(means.index, means.values, "-o", color="C0", label="mean")
+    ax.axhline(0.95 * summary["peak"], ls="--", color="C1", lw=1, label="95 % of peak")
+    chance = table.groupby("n_train")["chance"].mean()
+    ax.plot(chance.index, chance.values, "-", color="0.6", label="chance")
+    if summary["frames_for_95"] is not None:
+        ax.axvline(summary["frames_for_95"], ls=":", color="C1", lw=1)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(score.upper() if score == "ap" else score)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    _save_atomic(fig, path)
+    plt.close(fig)
+
+
+def _save_atomic(fig, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        fig.savefig(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_csv(table: pd.DataFrame, path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- identity
+
+
+def identity_scores(assignment: np.ndarray, truth: np.ndarray, track: np.ndarray) -> dict:
+    """Accuracy, chance level and identity switches of a ``(T, A)`` identity assignment.
+
+    ``truth`` is ``(T, A)`` (-1 where an animal slot has no label);
+    ``track`` the slots' track ids, along which switches are counted.
+    """
+    from sipec_models.identity import identity_accuracy, identity_changes, shuffled_chance
+
+    ok = truth >= 0
+    return {
+        "accuracy": identity_accuracy(assignment, truth),
+        "chance": shuffled_chance(assignment, truth)["mean"],
+        "n_labelled": int(ok.sum()),
+        "n_unassigned": int((ok & (assignment < 0)).sum()),
+        "identity_switches": int(identity_changes(assignment, track).sum()),
+    }
+
+
+def run_evaluate_identity(video_id: str, store, probe, identify: Sequence[str | os.PathLike], truth, out) -> dict:
+    """Identity accuracy of a video against an identity label table, without and with track smoothing.
+
+    Labels (:func:`sipec_models.identity.load_identity_table`) are matched to
+    the segmented animals by box or position; each labelled animal scores
+    whether its slot was given the labelled identity. Writes ``out`` (JSON).
+    """
+    from sipec_models.identity import load_identity_table, match_labels_to_slots, truth_per_slot
+    from sipec_models.io.store import open_store
+    from sipec_models.tables import identities_of_slots
+
+    group = open_store(store)
+    box, com, track = group["box"][...], group["com"][...], group["track"][...]
+    labels = load_identity_table(truth)
+    slots = match_labels_to_slots(labels, box, com)
+    result = {"video": video_id, "truth": str(truth), "n_labels": int(len(labels)),
+              "n_labels_matched": int((slots >= 0).sum())}
+    for smoothing in ("none", "track"):
+        assignment, _, names = identities_of_slots(store, identify, smoothing)
+        unknown = sorted(set(labels["identity"]) - set(names))
+        if unknown:
+            raise ValueError(f"{truth}: identities {unknown} are not among the model's {names}")
+        truth_slots = truth_per_slot(labels, slots, names, assignment.shape)
+        result[f"smoothing_{smoothing}"] = identity_scores(assignment, truth_slots, track)
+    result["identity_names"] = names
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, out)
+    for k in ("none", "track"):
+        r = result[f"smoothing_{k}"]
+        log.info("%s, smoothing %s: identity accuracy %.4f (chance %.4f) over %d labelled animals, %d switches",
+                 video_id, k, r["accuracy"], r["chance"], r["n_labelled"], r["identity_switches"])
+    return result

@@ -1,0 +1,1 @@
+"""Network architectures in plain PyTorch (no torchvision): one module per network family."""

@@ -1,0 +1,94 @@
+"""The workflow with trained models: SegNet segmentation, IdNet identities, social events (small demo).
+
+SegNet and IdNet are trained by the workflow itself (train_segnet, train_idnet) on the first half of
+arena_0 for seconds; identities are scored on arena_1, which IdNet never saw.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sipec_models.io.store import open_store
+from tests.workflow_helpers import SMALL_DEMO, run_snakemake, write_workdir
+
+MODELS_DEMO = {
+    **SMALL_DEMO,
+    "segmentation": {
+        "method": "segnet", "crop_size": 48,
+        "segnet": {"labels": "resources/demo/arena_0/masks_coco.json", "video": "arena_0", "frames": [0, 75],
+                   "overrides": ["train.max_steps=80", "data.crop_size=128", "train.batch_size=4"]},
+    },
+    "identification": {
+        "enabled": True,
+        "labels": [{"video": "arena_0", "labels": "resources/demo/arena_0/identities.csv", "frames": [0, 75]}],
+        "overrides": ["crop.window=48", "crop.out_size=32", "train.epochs=4", "recurrent_train.epochs=2"],
+    },
+    "social": {"enabled": True, "dilation_px": 4},
+    "evaluation": {"identity_truth": {"arena_1": "resources/demo/arena_1/identities.csv"}},
+}
+NAMES = {"dark", "stripe", "spot"}
+
+
+@pytest.fixture(scope="module")
+def models_run(tmp_path_factory):
+    workdir = write_workdir(tmp_path_factory.mktemp("models_run"), MODELS_DEMO)
+    result = run_snakemake(workdir, "--cores", "2", "all", "results/evaluation/identity_arena_1.json")
+    assert result.returncode == 0, result.stdout[-8000:]
+    return workdir
+
+
+@pytest.mark.slow
+def test_models_are_trained_and_used(models_run):
+    for name in ("segnet.pt", "segnet_training.json", "idnet.pt", "idnet_training.json"):
+        assert (models_run / "results/models" / name).is_file(), name
+    store = open_store(models_run / "results/arena_0/segment/chunk_0000.zarr")
+    assert store.attrs["segmenter"] == "segnet"
+    assert "segnet" in store.attrs["provenance"]["config"]["segmentation"]
+    ident = open_store(models_run / "results/arena_1/identify/chunk_0002.zarr")
+    prob = ident["identity_prob"][...]
+    assert set(ident.attrs["identity_names"]) == NAMES
+    ok = np.isfinite(prob).all(axis=2)
+    assert ok.mean() > 0.8
+    np.testing.assert_allclose(prob[ok].sum(axis=1), 1.0, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_tables_are_keyed_by_identity(models_run):
+    table = pd.read_csv(models_run / "results/arena_1/animals.csv")
+    assert set(table["animal"]) == NAMES
+    assert {"track", "identity_prob", "social_partners"} <= set(table.columns)
+    assert len(table) == 150 * 3
+    # One identity per animal per frame: never two rows of a frame at the same place.
+    detected = table[table["detected"]]
+    assert not detected.duplicated(["frame", "x", "y"]).any()
+    assert detected["identity_prob"].between(0, 1).all()
+
+
+@pytest.mark.slow
+def test_identity_accuracy_beats_chance_on_an_unseen_video(models_run):
+    result = json.loads((models_run / "results/evaluation/identity_arena_1.json").read_text())
+    assert result["n_labels_matched"] > 0.8 * result["n_labels"]
+    for key in ("smoothing_none", "smoothing_track"):
+        r = result[key]
+        assert r["accuracy"] > r["chance"] + 0.2, result
+
+
+@pytest.mark.slow
+def test_social_events_table(models_run):
+    events = pd.read_csv(models_run / "results/arena_0/social_events.csv")
+    assert list(events.columns) == ["video", "animal_a", "animal_b", "start_frame", "stop_frame", "n_frames",
+                                    "start_s", "duration_s", "mean_overlap", "max_overlap"]
+    truth = pd.read_csv(models_run / "resources/demo/arena_0/behaviour.csv")
+    if len(events):
+        assert set(events["animal_a"]) | set(events["animal_b"]) <= NAMES
+        assert (events["stop_frame"] > events["start_frame"]).all()
+    # The demo's animals touch ("touch" behaviour) in some frames: those must show up as events.
+    if "touch" in truth.columns and truth["touch"].any():
+        assert len(events) > 0
+    social = open_store(models_run / "results/arena_0/social/chunk_0000.zarr")
+    assert social.attrs["pairs"] == [[0, 1], [0, 2], [1, 2]]
+    assert social["pair_crop"].shape[2:] == (128, 128)

@@ -1,0 +1,63 @@
+# The `evaluate` target: cross-validation and label-count ablations of the trained models, and
+# identity accuracy of the merged tables on videos with identity labels (not part of `all`).
+
+EVAL = config["evaluation"]
+EVALUATION = RESULTS / "evaluation"
+EVAL_TARGETS = []
+
+if SEG["segnet"]["labels"]:
+    EVAL_TARGETS.append(EVALUATION / "segnet_cv.csv")
+
+    rule evaluate_segnet:
+        input:
+            labels=SEG["segnet"]["labels"],
+            video=[resolve_video(SEG["segnet"]["video"])] if SEG["segnet"]["video"] else [],
+        output:
+            cv=EVALUATION / "segnet_cv.csv",
+            ablation=report(
+                EVALUATION / "segnet_ablation.csv",
+                caption="../report/segnet_ablation_table.rst",
+                category="Evaluation",
+                subcategory="SegNet",
+            ),
+            figure=report(
+                EVALUATION / "segnet_ablation.png",
+                caption="../report/segnet_ablation.rst",
+                category="Evaluation",
+                subcategory="SegNet",
+            ),
+        params:
+            video=lambda wc, input: f"--video '{input.video[0]}'" if input.video else "",
+            counts=" ".join(map(str, EVAL["segnet_label_counts"])),
+            overrides=lambda wc: " ".join(f"'{o}'" for o in SEG["segnet"]["overrides"]),
+        threads: 2
+        log:
+            "logs/evaluate/segnet.log",
+        shell:
+            "sipec evaluate-segnet --labels {input.labels:q} {params.video} --folds {EVAL[folds]} "
+            "--frames {EVAL[segnet_frames]} --label-counts {params.counts} --overrides {params.overrides} "
+            "--cv {output.cv:q} --ablation {output.ablation:q} --figure {output.figure:q} > {log} 2>&1"
+
+
+if IDENT["enabled"] and EVAL["identity_truth"]:
+    EVAL_TARGETS += [EVALUATION / f"identity_{v}.json" for v in EVAL["identity_truth"]]
+
+    rule evaluate_identity:
+        input:
+            store=RESULTS / "{video}/{video}.zarr",
+            probe=RESULTS / "{video}/probe.json",
+            identify=identify_stores,
+            truth=lambda wc: EVAL["identity_truth"][wc.video],
+        output:
+            report(EVALUATION / "identity_{video}.json", caption="../report/identity.rst", category="Evaluation",
+                   subcategory="IdNet"),
+        log:
+            "logs/evaluate/identity_{video}.log",
+        shell:
+            "sipec evaluate-identity --video-id {wildcards.video} --store {input.store:q} --probe {input.probe:q} "
+            "--identify {input.identify:q} --truth {input.truth:q} --out {output:q} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        EVAL_TARGETS,

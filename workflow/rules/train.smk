@@ -1,0 +1,43 @@
+# Training: models the inference rules depend on. Skipped when a trained checkpoint is configured.
+
+
+if SEGNET and not SEG["segnet"]["model"]:
+
+    rule train_segnet:
+        input:
+            labels=SEG["segnet"]["labels"],
+            video=[resolve_video(SEG["segnet"]["video"])] if SEG["segnet"]["video"] else [],
+        output:
+            model=MODELS / "segnet.pt",
+            metrics=MODELS / "segnet_training.json",
+        params:
+            video=lambda wc, input: f"--video '{input.video[0]}'" if input.video else "",
+            frames=lambda wc: "--frames {} {}".format(*SEG["segnet"]["frames"]) if SEG["segnet"]["frames"] else "",
+            overrides=lambda wc: " ".join(f"'{o}'" for o in SEG["segnet"]["overrides"]),
+        threads: 2
+        log:
+            "logs/train/segnet.log",
+        shell:
+            "sipec train-segnet --labels {input.labels:q} {params.video} {params.frames} "
+            "--overrides {params.overrides} --metrics {output.metrics:q} --out {output.model:q} > {log} 2>&1"
+
+
+if IDENT["enabled"] and not IDENT["model"]:
+
+    rule train_idnet:
+        input:
+            videos=[resolve_video(e["video"]) for e in IDENT["labels"]],
+            stores=[RESULTS / e["video"] / f"{e['video']}.zarr" for e in IDENT["labels"]],
+            labels=[e["labels"] for e in IDENT["labels"]],
+        output:
+            model=MODELS / "idnet.pt",
+            metrics=MODELS / "idnet_training.json",
+        params:
+            sources=lambda wc: json.dumps(idnet_sources()),
+            overrides=lambda wc: " ".join(f"'{o}'" for o in IDENT["overrides"]),
+        threads: 2
+        log:
+            "logs/train/idnet.log",
+        shell:
+            "sipec train-idnet --sources {params.sources:q} --overrides {params.overrides} "
+            "--metrics {output.metrics:q} --out {output.model:q} > {log} 2>&1"
