@@ -11,7 +11,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 CORES ?= all
 PYTEST_ARGS ?=
 
-.PHONY: setup demo report test bench clean-results
+.PHONY: setup demo evaluate report test bench clean-results
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ demo: setup
 	snakemake --profile profiles/local --cores $(CORES)
 	snakemake --profile profiles/local --cores $(CORES) --report results/report.html
 	@echo "Per-animal tables: results/<video>/animals.csv; cohort summary: results/cohort_summary.csv; report: results/report.html"
+
+evaluate: setup
+	snakemake --profile profiles/local --cores $(CORES) evaluate
+	snakemake --profile profiles/local --cores $(CORES) --report results/report.html all evaluate
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

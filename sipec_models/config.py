@@ -36,6 +36,10 @@ def _field(path) -> str:
 
 def _fill_defaults(instance: Any, schema: Mapping[str, Any]) -> None:
     """Insert schema defaults for missing keys, recursively (in place)."""
+    if isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for item in instance:
+            _fill_defaults(item, schema["items"])
+        return
     if not isinstance(instance, dict) or schema.get("type") != "object":
         return
     for key, sub in schema.get("properties", {}).items():

@@ -52,3 +52,107 @@ def centre_errors(pred: np.ndarray, truth: np.ndarray, mapping: np.ndarray | Non
         if g >= 0:
             errors[:, a] = np.linalg.norm(pred[:, a] - truth[:, g], axis=-1)
     return errors
+
+
+# --------------------------------------------------------------------------- detection / segmentation AP
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(N, M)`` IoU between bool masks ``a`` ``(N, H, W)`` and ``b`` ``(M, H, W)`` (0 where both are empty)."""
+    a, b = np.asarray(a, bool), np.asarray(b, bool)
+    a = a.reshape(len(a), int(np.prod(a.shape[1:])))
+    b = b.reshape(len(b), int(np.prod(b.shape[1:])))
+    if a.shape[1] != b.shape[1] and len(a) and len(b):
+        raise ValueError(f"mask sizes differ: {a.shape[1]} vs {b.shape[1]} pixels")
+    af, bf = a.astype(np.float32), b.astype(np.float32)
+    inter = af @ bf.T
+    union = af.sum(1)[:, None] + bf.sum(1)[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from sipec_models.tracking import box_iou
+
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    return box_iou(a, b)
+
+
+def average_precision(predictions, truths, iou_threshold: float = 0.5, kind: str = "mask",
+                      return_curve: bool = False):
+    """Average precision of instance detections over many frames (SIPEC Methods, VOC/COCO style).
+
+    Detections of all frames are ranked by descending score; each is matched
+    greedily to the unmatched truth of its frame with the highest IoU, and is
+    a true positive when that IoU is strictly greater than ``iou_threshold``
+    (each truth is matched at most once; ties in score keep frame order).
+    With precision ``p_n`` and recall ``r_n`` after the ``n``-th detection,
+    ``AP = sum_n (r_{n+1} - r_n) p_interp(r_{n+1})`` with ``r_0 = 0`` and
+    ``p_interp(r) = max_{r' >= r} p(r')``: the area under the interpolated
+    precision-recall curve.
+
+    Args:
+        predictions: per frame ``(scores (N,), masks (N, H, W) bool)`` for
+            ``kind="mask"`` or ``(scores (N,), boxes (N, 4))`` ``x0, y0, x1,
+            y1`` px for ``kind="box"``; rows of boxes with NaN are ignored.
+        truths: per frame (same length) ``(M, H, W)`` masks or ``(M, 4)`` boxes.
+        iou_threshold: a match needs IoU > this.
+        kind: ``"mask"`` or ``"box"``.
+        return_curve: also return the ``precision`` and ``recall`` arrays (one
+            value per ranked detection).
+
+    Returns:
+        AP in [0, 1] (or ``(ap, precision, recall)``). Edge cases: with no
+        truths at all, AP is ``nan`` (undefined: recall is 0/0), whether or
+        not there are detections; with truths but no detections, AP is 0.
+    """
+    if kind not in ("mask", "box"):
+        raise ValueError(f"kind must be 'mask' or 'box', not {kind!r}")
+    if len(predictions) != len(truths):
+        raise ValueError(f"{len(predictions)} frames of predictions but {len(truths)} of truths")
+    iou_fn = mask_iou if kind == "mask" else _box_iou
+    records = []  # (score, frame, index)
+    ious, n_truth = [], 0
+    for f, ((scores, pred), truth) in enumerate(zip(predictions, truths)):
+        scores = np.asarray(scores, np.float64).reshape(-1)
+        pred = np.asarray(pred)
+        truth = np.asarray(truth)
+        if kind == "box":
+            pred = pred.reshape(-1, 4)
+            truth = truth.reshape(-1, 4)
+            ok = np.isfinite(pred).all(1) & np.isfinite(scores)
+            pred, scores = pred[ok], scores[ok]
+            truth = truth[np.isfinite(truth).all(1)]
+        if len(scores) != len(pred):
+            raise ValueError(f"frame {f}: {len(scores)} scores for {len(pred)} predictions")
+        n_truth += len(truth)
+        ious.append(iou_fn(pred, truth) if len(pred) and len(truth) else np.zeros((len(pred), len(truth))))
+        records.extend((s, f, i) for i, s in enumerate(scores))
+    if n_truth == 0:
+        nan = float("nan")
+        return (nan, np.zeros(0), np.zeros(0)) if return_curve else nan
+    order = sorted(range(len(records)), key=lambda r: -records[r][0])
+    used = [np.zeros(iou.shape[1], bool) for iou in ious]
+    tp = np.zeros(len(records))
+    for n, r in enumerate(order):
+        _, f, i = records[r]
+        iou = ious[f]
+        if not iou.shape[1]:
+            continue
+        cand = np.where(used[f], -1.0, iou[i])
+        j = int(np.argmax(cand))
+        if cand[j] > iou_threshold:
+            used[f][j] = True
+            tp[n] = 1
+    ctp = np.cumsum(tp)
+    precision = ctp / np.arange(1, len(tp) + 1)
+    recall = ctp / n_truth
+    if len(tp):
+        p_interp = np.maximum.accumulate(precision[::-1])[::-1]
+        ap = float(np.sum(np.diff(np.concatenate([[0.0], recall])) * p_interp))
+    else:
+        ap = 0.0
+    return (ap, precision, recall) if return_curve else ap

@@ -1,7 +1,8 @@
-"""The workflow with trained models: SegNet segmentation, IdNet identities, social events (small demo).
+"""The workflow with trained models (small demo).
 
-SegNet and IdNet are trained by the workflow itself (train_segnet, train_idnet) on the first half of
-arena_0 for seconds; identities are scored on arena_1, which IdNet never saw.
+IdNet is trained by the workflow itself (train_idnet) on arena_0 for seconds, on top of the classical
+segmenter, and identities are scored on arena_1, which IdNet never saw; social events are on. SegNet is
+trained with `sipec train-segnet` (a few steps: plumbing, not quality) and then used by the segment rule.
 """
 
 from __future__ import annotations
@@ -17,15 +18,11 @@ from tests.workflow_helpers import SMALL_DEMO, run_snakemake, write_workdir
 
 MODELS_DEMO = {
     **SMALL_DEMO,
-    "segmentation": {
-        "method": "segnet", "crop_size": 48,
-        "segnet": {"labels": "resources/demo/arena_0/masks_coco.json", "video": "arena_0", "frames": [0, 75],
-                   "overrides": ["train.max_steps=80", "data.crop_size=128", "train.batch_size=4"]},
-    },
+    "segmentation": {"method": "classical", "crop_size": 48},
     "identification": {
         "enabled": True,
-        "labels": [{"video": "arena_0", "labels": "resources/demo/arena_0/identities.csv", "frames": [0, 75]}],
-        "overrides": ["crop.window=48", "crop.out_size=32", "train.epochs=4", "recurrent_train.epochs=2"],
+        "labels": [{"video": "arena_0", "labels": "resources/demo/arena_0/identities.csv"}],
+        "overrides": ["crop.window=48", "crop.out_size=32", "train.epochs=10", "recurrent_train.epochs=3"],
     },
     "social": {"enabled": True, "dilation_px": 4},
     "evaluation": {"identity_truth": {"arena_1": "resources/demo/arena_1/identities.csv"}},
@@ -42,12 +39,9 @@ def models_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_models_are_trained_and_used(models_run):
-    for name in ("segnet.pt", "segnet_training.json", "idnet.pt", "idnet_training.json"):
+def test_idnet_is_trained_and_used(models_run):
+    for name in ("idnet.pt", "idnet_training.json"):
         assert (models_run / "results/models" / name).is_file(), name
-    store = open_store(models_run / "results/arena_0/segment/chunk_0000.zarr")
-    assert store.attrs["segmenter"] == "segnet"
-    assert "segnet" in store.attrs["provenance"]["config"]["segmentation"]
     ident = open_store(models_run / "results/arena_1/identify/chunk_0002.zarr")
     prob = ident["identity_prob"][...]
     assert set(ident.attrs["identity_names"]) == NAMES
@@ -92,3 +86,41 @@ def test_social_events_table(models_run):
     social = open_store(models_run / "results/arena_0/social/chunk_0000.zarr")
     assert social.attrs["pairs"] == [[0, 1], [0, 2], [1, 2]]
     assert social["pair_crop"].shape[2:] == (128, 128)
+
+
+@pytest.mark.slow
+def test_segment_rule_uses_a_trained_segnet(models_run, tmp_path):
+    """`sipec train-segnet` writes a checkpoint; with segmentation.method segnet the segment rule uses it."""
+    from sipec_models.cli import main
+
+    model = tmp_path / "segnet.pt"
+    demo = models_run / "resources/demo"
+    rc = main(["train-segnet", "--labels", str(demo / "arena_0/masks_coco.json"), "--video", str(demo / "arena_0.mp4"),
+               "--frames", "0", "40", "--overrides", "train.max_steps=4", "data.crop_size=64", "train.batch_size=2",
+               "model.pretrained=false", "--metrics", str(tmp_path / "m.json"), "--out", str(model)])
+    assert rc == 0 and model.is_file()
+    assert json.loads((tmp_path / "m.json").read_text())["n_train_frames"] == 40
+    config = {**SMALL_DEMO, "demo": {**SMALL_DEMO["demo"], "outdir": str(demo), "n_videos": 1},
+              "segmentation": {"method": "segnet", "crop_size": 48, "segnet": {"model": str(model)}}}
+    workdir = write_workdir(tmp_path / "segnet_run", config)
+    result = run_snakemake(workdir, "--cores", "2", "results/arena_0/animals.csv")
+    assert result.returncode == 0, result.stdout[-6000:]
+    assert "rule train_segnet" not in result.stdout and "rule background" not in result.stdout
+    store = open_store(workdir / "results/arena_0/segment/chunk_0000.zarr")
+    assert store.attrs["segmenter"] == "segnet"
+    assert store.attrs["provenance"]["config"]["segmentation"]["segnet"]["model"] == str(model)
+    assert open_store(workdir / "results/arena_0/arena_0.zarr")["box"].shape == (150, 3, 4)
+
+
+def test_segnet_without_labels_or_model_stops_before_any_job(tmp_path):
+    config = {**SMALL_DEMO, "segmentation": {"method": "segnet"}}
+    result = run_snakemake(write_workdir(tmp_path, config), "--cores", "1", "--dry-run")
+    assert result.returncode != 0
+    assert "neither segmentation.segnet.model" in result.stdout
+
+
+def test_identification_with_unknown_video_stops_before_any_job(tmp_path):
+    config = {**SMALL_DEMO, "identification": {"enabled": True, "labels": [{"video": "nope", "labels": "x.csv"}]}}
+    result = run_snakemake(write_workdir(tmp_path, config), "--cores", "1", "--dry-run")
+    assert result.returncode != 0
+    assert "video 'nope' is not in" in result.stdout

@@ -44,6 +44,7 @@ ARRAY_SPECS: dict[str, tuple[tuple[str, ...], str]] = {
     "crop": (("frame", "instance", "y", "x"), "grey level"),
     "local_track": (("frame", "instance"), "id"),
     "track": (("frame", "animal"), "id"),
+    "identity_prob": (("frame", "animal", "identity"), "1"),
 }
 
 

@@ -953,6 +953,45 @@ def instance_crop(inst: Instance, image: np.ndarray, crop_size: int) -> tuple[tu
     return (ox, oy), mask, pixels
 
 
+def empty_chunk_arrays(T: int, I: int, S: int, color: str = "gray") -> dict[str, np.ndarray]:
+    """The chunk-store arrays of :func:`segment_chunk` for ``T`` frames, ``I`` slots, ``S`` px crops, all empty
+    (NaN for floats, 0 otherwise); ``local_track`` is added by the caller."""
+    return {
+        "box": np.full((T, I, 4), np.nan, np.float32),
+        "com": np.full((T, I, 2), np.nan, np.float32),
+        "area": np.full((T, I), np.nan, np.float32),
+        "score": np.full((T, I), np.nan, np.float32),
+        "flags": np.zeros((T, I), np.uint8),
+        "n_found": np.zeros(T, np.int16),
+        "crop_origin": np.zeros((T, I, 2), np.int32),
+        "mask": np.zeros((T, I, S, S), bool),
+        "crop": np.zeros((T, I, S, S) + ((3,) if color == "rgb" else ()), np.uint8),
+    }
+
+
+def store_instances(out: dict[str, np.ndarray], t: int, instances: list[Instance], image: np.ndarray,
+                    n_animals: int) -> list[Instance]:
+    """Write frame ``t``'s ``instances`` (already in priority order) into the slots of ``out``.
+
+    Sets ``n_found``; keeps the first ``I`` instances (``I`` = slots of
+    ``out``), flagging them :data:`EXTRA` when more than ``n_animals`` were
+    found; crops from ``image`` (grey or RGB) with :func:`instance_crop`.
+    Returns the kept instances.
+    """
+    I, S = out["box"].shape[1], out["mask"].shape[-1]
+    out["n_found"][t] = len(instances)
+    extra = EXTRA if len(instances) > n_animals else 0
+    kept = instances[:I]
+    for i, inst in enumerate(kept):
+        out["box"][t, i] = inst.box
+        out["com"][t, i] = inst.com
+        out["area"][t, i] = inst.area
+        out["score"][t, i] = inst.score
+        out["flags"][t, i] = inst.flags | extra
+        out["crop_origin"][t, i], out["mask"][t, i], out["crop"][t, i] = instance_crop(inst, image, S)
+    return kept
+
+
 def segment_chunk(
     path: str | os.PathLike,
     start: int,
@@ -1020,17 +1059,7 @@ def segment_chunk(
     segmenter = ClassicalSegmenter(background, cfg)
 
     T, I, S = stop - start, n_instances, crop_size
-    out = {
-        "box": np.full((T, I, 4), np.nan, np.float32),
-        "com": np.full((T, I, 2), np.nan, np.float32),
-        "area": np.full((T, I), np.nan, np.float32),
-        "score": np.full((T, I), np.nan, np.float32),
-        "flags": np.zeros((T, I), np.uint8),
-        "n_found": np.zeros(T, np.int16),
-        "crop_origin": np.zeros((T, I, 2), np.int32),
-        "mask": np.zeros((T, I, S, S), bool),
-        "crop": np.zeros((T, I, S, S) + ((3,) if color == "rgb" else ()), np.uint8),
-    }
+    out = empty_chunk_arrays(T, I, S, color)
     grey = iter_frames(path, start, stop, gray=True, info=info)
     if color == "rgb":
         frames = zip(grey, iter_frames(path, start, stop, gray=False, info=info))
@@ -1044,16 +1073,7 @@ def segment_chunk(
                                              desc=f"segment {name} [{start}, {stop})", unit="frame")):
         ref_area = float(np.median(areas)) if areas else None
         instances = segmenter.segment(frame, n_animals, prev_centres, ref_area, prev_appearance=prev_appearance)
-        out["n_found"][t] = len(instances)
-        extra = EXTRA if len(instances) > n_animals else 0
-        kept = instances[:I]
-        for i, inst in enumerate(kept):
-            out["box"][t, i] = inst.box
-            out["com"][t, i] = inst.com
-            out["area"][t, i] = inst.area
-            out["score"][t, i] = inst.score
-            out["flags"][t, i] = inst.flags | extra
-            out["crop_origin"][t, i], out["mask"][t, i], out["crop"][t, i] = instance_crop(inst, image, S)
+        kept = store_instances(out, t, instances, image, n_animals)
         if (len(instances) == n_animals and not any(i.flags for i in instances)
                 and not (ref_area and min(i.area for i in instances) < cfg.fragment_ratio * ref_area)):
             areas.extend(i.area for i in instances)
