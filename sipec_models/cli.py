@@ -34,24 +34,22 @@ from sipec_models import __version__
 log = logging.getLogger("sipec")
 
 
-def _json_arg(text: str) -> dict:
+def _json_value(text: str, kind: type, name: str):
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError("expected a JSON object")
+    if not isinstance(value, kind):
+        raise argparse.ArgumentTypeError(f"expected a JSON {name}")
     return value
+
+
+def _json_arg(text: str) -> dict:
+    return _json_value(text, dict, "object")
 
 
 def _json_list(text: str) -> list:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
-    if not isinstance(value, list):
-        raise argparse.ArgumentTypeError("expected a JSON list")
-    return value
+    return _json_value(text, list, "list")
 
 
 def cmd_demo(args) -> None:

@@ -992,6 +992,26 @@ def store_instances(out: dict[str, np.ndarray], t: int, instances: list[Instance
     return kept
 
 
+def check_chunk_request(path, start: int, stop: int, n_animals: int, n_instances: int, crop_size: int,
+                        color: str, info: VideoInfo | None, tracking) -> tuple[VideoInfo, int, TrackingConfig]:
+    """Validate the arguments of a chunk segmentation (classical or SegNet).
+
+    Returns ``(info, stop, tracking)``: the probed video, ``stop`` clipped to
+    its length, and the tracking options as a :class:`TrackingConfig`.
+    """
+    if color not in ("gray", "rgb"):
+        raise ValueError(f"color must be 'gray' or 'rgb', not {color!r}")
+    if n_instances < 1 or n_animals < 1 or crop_size < 1:
+        raise ValueError(f"n_animals ({n_animals}), n_instances ({n_instances}) and crop_size ({crop_size}) "
+                         "must be >= 1")
+    track_cfg = tracking if isinstance(tracking, TrackingConfig) else TrackingConfig.from_dict(tracking)
+    info = info or probe(path)
+    stop = min(stop, info.n_frames)
+    if not 0 <= start <= stop:
+        raise ValueError(f"{path}: invalid frame range [{start}, {stop}) for {info.n_frames} frames")
+    return info, stop, track_cfg
+
+
 def segment_chunk(
     path: str | os.PathLike,
     start: int,
@@ -1042,16 +1062,8 @@ def segment_chunk(
     Raises:
         VideoError: fewer frames decode than the range asks for.
     """
-    if color not in ("gray", "rgb"):
-        raise ValueError(f"color must be 'gray' or 'rgb', not {color!r}")
-    if n_instances < 1 or n_animals < 1 or crop_size < 1:
-        raise ValueError(f"n_animals ({n_animals}), n_instances ({n_instances}) and crop_size ({crop_size}) "
-                         "must be >= 1")
-    track_cfg = tracking if isinstance(tracking, TrackingConfig) else TrackingConfig.from_dict(tracking)
-    info = info or probe(path)
-    stop = min(stop, info.n_frames)
-    if not 0 <= start <= stop:
-        raise ValueError(f"{path}: invalid frame range [{start}, {stop}) for {info.n_frames} frames")
+    info, stop, track_cfg = check_chunk_request(path, start, stop, n_animals, n_instances, crop_size, color, info,
+                                                tracking)
     background = np.asarray(background, np.float32)
     if background.shape != (info.height, info.width):
         raise ValueError(f"background {background.shape} does not match the video's {info.height}x{info.width} frames")

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sipec_models.io.video import VideoError, VideoInfo, iter_frames, probe
+from sipec_models.io.video import VideoError, VideoInfo, iter_frames
 from sipec_models.nets.segnet import DecodeConfig, SegNet, decode, instances_from_labels, pad_to_multiple
-from sipec_models.segmentation.classical import Instance, empty_chunk_arrays, store_instances
+from sipec_models.segmentation.classical import Instance, check_chunk_request, empty_chunk_arrays, store_instances
 from sipec_models.tracking import TrackingConfig, track_chunk
 
 
@@ -130,18 +130,10 @@ def segment_chunk_segnet(
     Raises:
         VideoError: fewer frames decode than the range asks for.
     """
-    if color not in ("gray", "rgb"):
-        raise ValueError(f"color must be 'gray' or 'rgb', not {color!r}")
-    if n_instances < 1 or n_animals < 1 or crop_size < 1:
-        raise ValueError(f"n_animals ({n_animals}), n_instances ({n_instances}) and crop_size ({crop_size}) "
-                         "must be >= 1")
-    track_cfg = tracking if isinstance(tracking, TrackingConfig) else TrackingConfig.from_dict(tracking)
+    info, stop, track_cfg = check_chunk_request(path, start, stop, n_animals, n_instances, crop_size, color, info,
+                                                tracking)
     seg = model if isinstance(model, SegNetSegmenter) else SegNetSegmenter(model, device=device)
     bs = int(batch_size or seg.batch_size)
-    info = info or probe(path)
-    stop = min(stop, info.n_frames)
-    if not 0 <= start <= stop:
-        raise ValueError(f"{path}: invalid frame range [{start}, {stop}) for {info.n_frames} frames")
     T = stop - start
     out = empty_chunk_arrays(T, n_instances, crop_size, color)
     grey = iter_frames(path, start, stop, gray=True, info=info)
