@@ -80,6 +80,21 @@ def test_decode_separates_touching_squares():
     assert sorted(i.area for i in inst2) == pytest.approx([1600, 1600], rel=0.05)
 
 
+
+def test_stray_foreground_pixels_do_not_stretch_boxes():
+    """Every foreground pixel joins its nearest centre; a far stray blob must not widen that animal's box."""
+    labels = np.zeros((64, 64), np.int32)
+    labels[20:30, 20:30] = 1           # the animal
+    labels[55:58, 2:5] = 1             # stray false-positive pixels that voted for it
+    fg = np.where(labels > 0, 0.9, 0.0).astype(np.float32)
+    peaks = np.array([[24.5, 24.5, 0.8, 0.0]])
+    kept, = instances_from_labels(labels, fg, peaks)
+    assert kept.box == (20, 20, 30, 30) and kept.area == 100
+    assert kept.com == pytest.approx((24.5, 24.5))
+    assert kept.full_mask((64, 64)).sum() == 100
+    loose, = instances_from_labels(labels, fg, peaks, largest_component=False)
+    assert loose.box == (2, 20, 30, 58) and loose.area == 109
+
 def test_config_loads():
     cfg = load_model_config("segnet", ["train.max_steps=3", "data.input_scale=0.5"])
     assert cfg.train.max_steps == 3 and cfg.data.input_scale == 0.5
