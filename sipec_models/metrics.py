@@ -1,10 +1,12 @@
-"""Evaluation against ground truth: matching tracks to true animals and centre-of-mass error.
+"""Evaluation against ground truth: track matching, centre-of-mass error, detection AP, pose accuracy.
 
 Box IoU lives in :func:`sipec_models.tracking.box_iou`; identity switches in
 :func:`sipec_models.tracking.identity_switches`.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -156,3 +158,143 @@ def average_precision(predictions, truths, iou_threshold: float = 0.5, kind: str
     else:
         ap = 0.0
     return (ap, precision, recall) if return_curve else ap
+
+
+# --------------------------------------------------------------------------- pose estimation
+#
+# All functions take ``(N, K, 2)`` predicted and true keypoints in px, NaN = missing; a keypoint
+# missing in either array is ignored (not counted as an error nor as a correct detection).
+
+
+def _pose_pair(pred: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pred, truth = np.asarray(pred, np.float64), np.asarray(truth, np.float64)
+    if pred.shape != truth.shape or pred.ndim != 3 or pred.shape[-1] != 2:
+        raise ValueError(f"pose arrays must both be (N, K, 2); got {pred.shape} and {truth.shape}")
+    return pred, truth
+
+
+def pose_errors(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """``(N, K)`` Euclidean distance (px) between predicted and true keypoints; NaN where either is missing."""
+    pred, truth = _pose_pair(pred, truth)
+    return np.sqrt(((pred - truth) ** 2).sum(-1))
+
+
+def _reduce(err: np.ndarray, fn, per_keypoint: bool):
+    if per_keypoint:
+        return np.array([fn(e[np.isfinite(e)]) if np.isfinite(e).any() else np.nan for e in err.T])
+    e = err[np.isfinite(err)]
+    return float(fn(e)) if len(e) else float("nan")
+
+
+def pose_rmse(pred: np.ndarray, truth: np.ndarray, per_keypoint: bool = False):
+    """Root-mean-square keypoint error, px: ``sqrt(mean(d^2))`` over the keypoints present in both (SIPEC's RMSE).
+
+    Returns a float, or ``(K,)`` per keypoint with ``per_keypoint`` (NaN where a keypoint is never present).
+    """
+    return _reduce(pose_errors(pred, truth), lambda e: np.sqrt(np.mean(e ** 2)), per_keypoint)
+
+
+def pose_median_error(pred: np.ndarray, truth: np.ndarray, per_keypoint: bool = False):
+    """Median keypoint error, px (float, or ``(K,)`` with ``per_keypoint``)."""
+    return _reduce(pose_errors(pred, truth), np.median, per_keypoint)
+
+
+def pck(pred: np.ndarray, truth: np.ndarray, radii: float | Sequence[float], per_keypoint: bool = False,
+        normalizer: np.ndarray | None = None):
+    """Percentage of correct keypoints: the fraction of present keypoints within ``radius`` of the truth.
+
+    Args:
+        pred, truth: ``(N, K, 2)`` px.
+        radii: one radius or several (px; or fractions of ``normalizer``).
+        per_keypoint: one value per keypoint.
+        normalizer: ``(N,)`` per-animal length (e.g. :func:`body_length`);
+            distances are divided by it first.
+
+    Returns:
+        For one radius a float (or ``(K,)``); for several, an array
+        ``(R,)`` (or ``(R, K)``), in [0, 1]; NaN when nothing is present.
+    """
+    err = pose_errors(pred, truth)
+    if normalizer is not None:
+        err = err / np.asarray(normalizer, np.float64).reshape(-1, 1)
+    scalar = np.ndim(radii) == 0
+    out = [_reduce(err, lambda e, r=float(r): np.mean(e <= r), per_keypoint) for r in np.atleast_1d(radii)]
+    return out[0] if scalar else np.array(out)
+
+
+def body_length(truth: np.ndarray, nodes: tuple[int, int] | None = None) -> np.ndarray:
+    """``(N,)`` per-animal length, px: the distance between two nodes (e.g. snout and tail base), or with
+    ``nodes=None`` the diagonal of the box around the animal's present keypoints. NaN when undefined."""
+    truth = np.asarray(truth, np.float64)
+    if nodes is not None:
+        a, b = nodes
+        return np.sqrt(((truth[:, a] - truth[:, b]) ** 2).sum(-1))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        span = np.nanmax(truth, axis=1) - np.nanmin(truth, axis=1)
+    return np.sqrt((span ** 2).sum(-1))
+
+
+def normalized_errors(pred: np.ndarray, truth: np.ndarray, length: np.ndarray) -> np.ndarray:
+    """``(N, K)`` errors as a fraction of each animal's ``length`` (``(N,)``, e.g. :func:`body_length`)."""
+    length = np.asarray(length, np.float64).reshape(-1, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(length > 0, pose_errors(pred, truth) / length, np.nan)
+
+
+def pose_metrics(pred: np.ndarray, truth: np.ndarray, radii: Sequence[float] = (2.0, 5.0, 10.0),
+                 node_names: Sequence[str] | None = None, body_nodes: tuple[int, int] | None = None) -> dict:
+    """Summary of pose accuracy (JSON-serialisable).
+
+    Returns:
+        ``n`` (keypoints compared), ``rmse_px``, ``median_px``,
+        ``pck`` ``{radius: fraction}``, ``error_body_fraction`` (mean error /
+        body length: ``body_nodes`` distance, else the box diagonal),
+        ``per_keypoint`` ``{name: {rmse_px, median_px, pck}}``.
+    """
+    pred, truth = _pose_pair(pred, truth)
+    K = truth.shape[1]
+    names = list(node_names) if node_names is not None else [str(k) for k in range(K)]
+    err = pose_errors(pred, truth)
+    nb = normalized_errors(pred, truth, body_length(truth, body_nodes))
+    rm, md = pose_rmse(pred, truth, True), pose_median_error(pred, truth, True)
+    pk = pck(pred, truth, list(radii), per_keypoint=True)
+
+    def num(v):
+        return None if v is None or not np.isfinite(v) else float(v)
+
+    return {
+        "n": int(np.isfinite(err).sum()),
+        "rmse_px": num(pose_rmse(pred, truth)),
+        "median_px": num(pose_median_error(pred, truth)),
+        "pck": {str(r): num(v) for r, v in zip(radii, pck(pred, truth, list(radii)))},
+        "error_body_fraction": num(np.nanmean(nb)) if np.isfinite(nb).any() else None,
+        "per_keypoint": {n: {"rmse_px": num(rm[k]), "median_px": num(md[k]),
+                             "pck": {str(r): num(pk[i, k]) for i, r in enumerate(radii)}}
+                         for k, n in enumerate(names)},
+    }
+
+
+def mean_pose_baseline(train: np.ndarray, n: int, train_centres: np.ndarray | None = None,
+                       test_centres: np.ndarray | None = None) -> np.ndarray:
+    """Predict the mean training pose for every test animal: ``(n, K, 2)``.
+
+    Without centres the mean is taken in the given coordinates (e.g. crop
+    px). With ``train_centres`` ``(M, 2)`` and ``test_centres`` ``(n, 2)``
+    the mean offset of each keypoint from its animal's centre is added to
+    each test centre (the top-down baseline a pose network must beat).
+    """
+    train = np.asarray(train, np.float64)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        if train_centres is None:
+            mean = np.nanmean(train, axis=0)
+            return np.repeat(mean[None], n, axis=0)
+        if test_centres is None:
+            raise ValueError("mean_pose_baseline needs test_centres with train_centres")
+        offset = np.nanmean(train - np.asarray(train_centres, np.float64)[:, None, :], axis=0)
+        return np.asarray(test_centres, np.float64).reshape(n, 1, 2) + offset[None]

@@ -1,0 +1,285 @@
+"""Training top-down pose networks (PoseNet, LEAP) on animal crops with PyTorch Lightning.
+
+Pipeline:
+
+1. :func:`prepare_pose_crops`: for every labelled animal (at least one
+   keypoint) a square crop is cut around its centre (default: the centre
+   of its keypoints' box) at ``data.scale`` crop px per frame px
+   (:func:`sipec_models.pose.crop_frames`), with the keypoints moved to crop
+   px (:func:`sipec_models.pose.frame_to_crop`). The crop is ``ceil(S *
+   sqrt 2)`` px (rounded up to even) when the augmentation rotates or shifts,
+   so the central ``S`` px stay covered; kept as uint8.
+2. On the training device, :func:`sipec_models.pose.augment_pose` (kornia:
+   rotation, shift, zoom, flips with left/right swap, brightness/contrast)
+   transforms crop and keypoints together; the centre ``S`` window is kept.
+3. Targets: Gaussians of ``train.sigma_px`` crop px at the network's stride
+   (:func:`sipec_models.pose.gaussian_heatmaps`); loss: SIPEC's
+   incomplete-label loss (:func:`sipec_models.pose.pose_loss`; ``bce`` for
+   PoseNet as SIPEC, ``mse`` for LEAP as in the LEAP paper).
+4. Adam for ``train.max_steps`` steps, learning rate multiplied by
+   ``train.lr_factor`` at the fractions ``train.lr_steps`` of the run.
+
+:func:`train_pose` runs it; :func:`save_pose` / :func:`load_pose` store the
+weights with the configuration, node names and flip pairs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sipec_models.io.keypoints import flip_permutation
+from sipec_models.pose import (
+    augment_pose, box_centres, build_pose_augment, crop_frames, frame_to_crop, gaussian_heatmaps, keypoint_weights,
+    pose_loss,
+)
+from sipec_models.training.config import load_model_config, to_dict
+
+#: Checkpoint format tag.
+FORMAT = "sipec-pose-1"
+#: Pose network families and their config names.
+MODELS = ("posenet", "leap")
+
+
+def _cfg(cfg: DictConfig | Mapping[str, Any] | None, model: str | None) -> dict[str, Any]:
+    if model is not None and model not in MODELS:
+        raise ValueError(f"model must be one of {MODELS}, not {model!r}")
+    if cfg is None:
+        return to_dict(load_model_config(model or "posenet"))
+    cfg = to_dict(cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg)))
+    name = cfg.get("model", {}).get("name")
+    if name not in MODELS:
+        raise ValueError(f"config model.name must be one of {MODELS}, not {name!r}")
+    if model is not None and model != name:
+        raise ValueError(f"model={model!r} but the config is for {name!r}")
+    return cfg
+
+
+def build_pose_model(cfg: Mapping[str, Any], num_keypoints: int, pretrained: bool | None = None) -> torch.nn.Module:
+    """The network named by ``cfg['model']['name']`` for ``num_keypoints`` keypoints.
+
+    Both have a ``stride`` attribute (crop px per heatmap cell) and ``num_keypoints``.
+    """
+    m, loss = cfg["model"], cfg["train"]["loss"]
+    if m["name"] == "posenet":
+        from sipec_models.nets.posenet import PoseNet
+
+        return PoseNet(num_keypoints, deconv_channels=int(m["deconv_channels"]),
+                       deconv_layers=int(m["deconv_layers"]),
+                       pretrained=bool(m["pretrained"]) if pretrained is None else pretrained,
+                       out_bias=float(m["out_bias"]) if loss == "bce" else 0.0)
+    if m["name"] == "leap":
+        from sipec_models.nets.leap import LeapCNN
+
+        return LeapCNN(num_keypoints, in_channels=3 if cfg["data"].get("rgb") else 1, filters=int(m["filters"]),
+                       width_mult=float(m["width_mult"]))
+    raise ValueError(f"unknown pose model {m['name']!r} (one of {MODELS})")
+
+
+def training_crop_size(cfg: Mapping[str, Any]) -> int:
+    """Side (px) of the stored training crops: ``S``, or ``ceil(S * sqrt 2)`` rounded to even with rotation/shift."""
+    S, a = int(cfg["data"]["crop_size"]), cfg["augment"]
+    if float(a.get("rotation_deg", 0) or 0) or float(a.get("translate", 0) or 0) or float(a.get("scale", 0) or 0):
+        return int(math.ceil(S * math.sqrt(2) / 2)) * 2
+    return S
+
+
+def prepare_pose_crops(images: np.ndarray, keypoints: np.ndarray, crop_size: int, scale: float,
+                       centres: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One crop per labelled animal.
+
+    Args:
+        images: ``(N, H, W)`` grey or ``(N, H, W, 3)`` RGB uint8 frames.
+        keypoints: ``(N, K, 2)`` (one animal per frame) or ``(N, A, K, 2)``
+            frame px, NaN missing; animals with no labelled keypoint are skipped.
+        crop_size: side of the crops, px.
+        scale: crop px per frame px.
+        centres: ``(N, 2)`` / ``(N, A, 2)`` crop centres (default: keypoint box centres).
+
+    Returns:
+        ``crops (M, C, side, side)`` uint8, ``points (M, K, 2)`` crop px
+        (NaN missing), ``frame (M,)`` the frame each crop came from.
+    """
+    images = np.asarray(images)
+    kp = np.asarray(keypoints, np.float64)
+    if kp.ndim == 3:
+        kp = kp[:, None]
+    if kp.ndim != 4 or kp.shape[-1] != 2 or len(kp) != len(images):
+        raise ValueError(f"keypoints must be (N, K, 2) or (N, A, K, 2) with N = {len(images)} frames, "
+                         f"got {np.shape(keypoints)}")
+    if images.ndim not in (3, 4):
+        raise ValueError(f"images must be (N, H, W) or (N, H, W, 3) uint8, got {images.shape}")
+    if centres is None:
+        cen = box_centres(kp)
+    else:
+        cen = np.asarray(centres, np.float64).reshape(kp.shape[0], kp.shape[1], 2)
+    labelled = np.isfinite(kp).all(-1).any(-1) & np.isfinite(cen).all(-1)
+    fi, ai = np.nonzero(labelled)
+    c = cen[fi, ai]
+    crops = crop_frames(images, c, crop_size, scale, frame_index=fi)
+    pts = frame_to_crop(kp[fi, ai], c, crop_size, scale)
+    return (crops * 255).round().clamp(0, 255).to(torch.uint8).numpy(), pts, fi
+
+
+class PoseCropDataset(torch.utils.data.Dataset):
+    """Random training samples: item ``i`` = ``(crop (C, side, side) float in [0, 1], keypoints (K, 2) float32)``.
+
+    The crop is drawn uniformly, deterministically in ``(seed, i)``.
+    """
+
+    def __init__(self, crops: np.ndarray, points: np.ndarray, length: int, seed: int = 0):
+        self.crops, self.points, self.length, self.seed = crops, points.astype(np.float32), length, seed
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int):
+        n = int(np.random.default_rng((self.seed, i)).integers(len(self.crops)))
+        return torch.from_numpy(self.crops[n]).float() / 255.0, torch.from_numpy(self.points[n])
+
+
+def lr_factor(step: int, max_steps: int, lr_steps: Sequence[float], factor: float) -> float:
+    """Step decay: ``factor ** (number of fractions in lr_steps passed at this step)``."""
+    return factor ** sum(step >= f * max_steps for f in lr_steps)
+
+
+class PoseModule(pl.LightningModule):
+    """Lightning wrapper: augmentation on the device, centre window, Gaussian targets, incomplete-label loss, Adam."""
+
+    def __init__(self, cfg: Mapping[str, Any], num_keypoints: int, flip_pairs: Sequence[tuple[int, int]] = ()):
+        super().__init__()
+        self.cfg = to_dict(cfg)
+        self.net = build_pose_model(self.cfg, num_keypoints)
+        self.augment = build_pose_augment(self.cfg["augment"])
+        self.flip_perm = flip_permutation(num_keypoints, flip_pairs) if flip_pairs else None
+        self.history: list[dict[str, float]] = []
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        images, points = batch
+        t = self.cfg["train"]
+        with torch.no_grad():
+            images, points = augment_pose(self.augment, images, points, self.flip_perm)
+            C, S = images.shape[-1], int(self.cfg["data"]["crop_size"])
+            o = (C - S) // 2
+            images = images[..., o:o + S, o:o + S]
+            points = points - o
+        out = self.net(images)
+        target = gaussian_heatmaps(points, tuple(out.shape[-2:]), int(self.net.stride), float(t["sigma_px"]))
+        loss = pose_loss(out, target, keypoint_weights(points), str(t["loss"]))
+        self.history.append({"loss": float(loss.detach())})
+        return loss
+
+    def configure_optimizers(self):
+        t = self.cfg["train"]
+        opt = torch.optim.Adam(self.net.parameters(), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+        total, steps, factor = max(1, int(t["max_steps"])), list(t["lr_steps"] or []), float(t["lr_factor"])
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, steps, factor))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def train_pose(images: np.ndarray, keypoints: np.ndarray, cfg: DictConfig | Mapping[str, Any] | None = None,
+               model: str | None = None, centres: np.ndarray | None = None,
+               flip_pairs: Sequence[tuple[int, int]] = (), node_names: Sequence[str] | None = None,
+               progress: bool = False) -> torch.nn.Module:
+    """Train PoseNet or LEAP on labelled frames (top-down: one crop per animal).
+
+    Args:
+        images: ``(N, H, W)`` grey (or ``(N, H, W, 3)`` RGB with ``data.rgb``) uint8 frames.
+        keypoints: ``(N, K, 2)`` or ``(N, A, K, 2)`` frame px, NaN for unlabelled keypoints.
+        cfg: the model config (``config/models/posenet.yaml`` or ``leap.yaml``;
+            default: that of ``model``).
+        model: ``"posenet"`` or ``"leap"`` (default: the config's ``model.name``).
+        centres: crop centres per animal, frame px (default: keypoint box centres).
+        flip_pairs: ``(left, right)`` node indices swapped when an augmentation mirrors the crop.
+        node_names: ``K`` names, stored with the model.
+        progress: Lightning progress bar.
+
+    Returns:
+        The trained network in eval mode on the CPU, with attributes
+        ``config`` (plain dict), ``history`` (per-step losses),
+        ``node_names``, ``flip_pairs``.
+    """
+    from sipec_models.pose import match_channels
+
+    cfg = _cfg(cfg, model)
+    d, t = cfg["data"], cfg["train"]
+    mult = 32 if cfg["model"]["name"] == "posenet" else 4
+    if int(d["crop_size"]) % mult:
+        raise ValueError(f"data.crop_size must be a multiple of {mult} for {cfg['model']['name']}, "
+                         f"not {d['crop_size']}")
+    kp = np.asarray(keypoints, np.float64)
+    K = kp.shape[-2]
+    if node_names is not None and len(node_names) != K:
+        raise ValueError(f"{len(node_names)} node names for {K} keypoints")
+    pl.seed_everything(int(t["seed"]), workers=True, verbose=False)
+    images = match_channels(images, bool(d.get("rgb", False)))
+    crops, pts, _ = prepare_pose_crops(images, kp, training_crop_size(cfg), float(d["scale"]), centres)
+    if not len(crops):
+        raise ValueError("no labelled animals to train on (every animal's keypoints are NaN)")
+    steps, bs = int(t["max_steps"]), int(t["batch_size"])
+    data = PoseCropDataset(crops, pts, steps * bs, int(t["seed"]))
+    loader = torch.utils.data.DataLoader(data, batch_size=bs, shuffle=False, num_workers=0)
+    module = PoseModule(cfg, K, list(flip_pairs))
+    trainer = pl.Trainer(max_steps=steps, max_epochs=-1, accelerator="auto", devices=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
+                         num_sanity_val_steps=0, deterministic=False)
+    trainer.fit(module, loader)
+    net = module.net.cpu().eval()
+    net.config = cfg
+    net.history = module.history
+    net.node_names = list(node_names) if node_names is not None else [f"node{k}" for k in range(K)]
+    net.flip_pairs = [tuple(map(int, p)) for p in flip_pairs]
+    return net
+
+
+def save_pose(model: torch.nn.Module, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> None:
+    """Write ``{format, config, num_keypoints, node_names, flip_pairs, state_dict, meta}`` atomically."""
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        raise ValueError("save_pose needs a model with a config (from train_pose or load_pose)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "config": to_dict(cfg), "num_keypoints": int(model.num_keypoints),
+               "node_names": list(getattr(model, "node_names", [])),
+               "flip_pairs": [list(p) for p in getattr(model, "flip_pairs", [])],
+               "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": dict(meta or {})}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_pose(path: str | os.PathLike, device: str | torch.device | None = None) -> torch.nn.Module:
+    """Load a :func:`save_pose` checkpoint: eval-mode network with ``config``, ``node_names``, ``flip_pairs``, ``meta``.
+
+    Raises:
+        ValueError: unreadable, or not a pose checkpoint.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"{path}: cannot read checkpoint ({exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a pose checkpoint (format {FORMAT!r})")
+    model = build_pose_model(payload["config"], int(payload["num_keypoints"]), pretrained=False)
+    model.load_state_dict(payload["state_dict"])
+    model.config = payload["config"]
+    model.node_names = list(payload.get("node_names", []))
+    model.flip_pairs = [tuple(p) for p in payload.get("flip_pairs", [])]
+    model.meta = payload.get("meta", {})
+    return model.to(device or "cpu").eval()
