@@ -13,10 +13,13 @@ problem and exit with status 1.
     sipec track       stitch chunk tracks and consolidate the video's Zarr store
     sipec identify    identity probabilities of each animal of one chunk (IdNet)
     sipec social      social interaction events of one chunk (pairs of animals)
+    sipec pose        keypoints of each animal of one chunk (PoseNet or LEAP)
     sipec merge       per-animal table (CSV + Parquet), social events, trajectory figure
     sipec summary     cohort summary over the per-animal tables
     sipec train-segnet    train SegNet from COCO or VIA instance polygons
     sipec train-idnet     train IdNet from identity labels (table or SLEAP tracks)
+    sipec train-pose      train PoseNet or LEAP from SLEAP or DeepLabCut keypoint labels
+    sipec export-pose     a video's merged keypoints to SLEAP (.slp) and DeepLabCut (CSV)
     sipec evaluate-segnet k-fold mask AP and label-count ablation of SegNet
     sipec evaluate-identity  identity accuracy of merged tables against labels
 """
@@ -118,7 +121,7 @@ def cmd_merge(args) -> None:
 
     run_merge(args.store, args.video_id, args.probe, args.csv, args.parquet, args.figure,
               identify=args.identify, smoothing=args.smoothing, social=args.social,
-              social_options=args.social_options, events_csv=args.events)
+              social_options=args.social_options, events_csv=args.events, pose=args.pose)
 
 
 def cmd_identify(args) -> None:
@@ -131,6 +134,25 @@ def cmd_social(args) -> None:
     from sipec_models.social import run_social
 
     run_social(args.video, args.store, args.probe, args.plan, args.chunk, args.options, args.out)
+
+
+def cmd_pose(args) -> None:
+    from sipec_models.inference.pose import run_pose
+
+    run_pose(args.video, args.store, args.plan, args.chunk, args.checkpoint, args.out)
+
+
+def cmd_train_pose(args) -> None:
+    from sipec_models.training.pose import run_train_pose
+
+    run_train_pose(args.labels, args.out, model=args.model, video=args.video, overrides=args.overrides,
+                   frames=args.frames, metrics_out=args.metrics)
+
+
+def cmd_export_pose(args) -> None:
+    from sipec_models.tables import run_export_pose
+
+    run_export_pose(args.table, args.video, slp=args.slp, dlc_csv=args.dlc_csv)
 
 
 def cmd_train_segnet(args) -> None:
@@ -248,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--social", nargs="*", default=[], type=Path, help="social chunk stores")
     p.add_argument("--social-options", type=_json_arg, default={}, help="social options (JSON)")
     p.add_argument("--events", type=Path, help="social events CSV (with --social)")
+    p.add_argument("--pose", nargs="*", default=[], type=Path,
+                   help="pose chunk stores: <node>_x, <node>_y, <node>_conf columns per keypoint")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("identify", help="IdNet identity probabilities of one chunk")
@@ -268,6 +292,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--options", type=_json_arg, default={}, help="social options (JSON)")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=cmd_social)
+
+    p = sub.add_parser("pose", help="keypoints of each animal of one chunk (PoseNet or LEAP, top-down)")
+    p.add_argument("video", type=Path)
+    p.add_argument("--store", required=True, type=Path, help="the consolidated video store (from track)")
+    p.add_argument("--plan", required=True, type=Path)
+    p.add_argument("--chunk", required=True, type=int)
+    p.add_argument("--checkpoint", required=True, type=Path, help="pose checkpoint (from train-pose)")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_pose)
+
+    p = sub.add_parser("train-pose", help="train PoseNet or LEAP from SLEAP or DeepLabCut keypoint labels")
+    p.add_argument("--labels", required=True, type=Path,
+                   help="SLEAP .slp, DeepLabCut project (folder or config.yaml), DLC CSV or H5")
+    p.add_argument("--model", choices=["posenet", "leap"], default="posenet",
+                   help="network (config/models/<model>.yaml)")
+    p.add_argument("--video", type=Path,
+                   help="video of labelled frames without image files "
+                        "(a SLEAP file whose video moved, a DLC CSV indexed by frame number)")
+    p.add_argument("--frames", type=int, nargs=2, metavar=("START", "STOP"), help="use label frames [START, STOP)")
+    p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of config/models/<model>.yaml")
+    p.add_argument("--metrics", type=Path, help="training summary JSON")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint (.pt)")
+    p.set_defaults(func=cmd_train_pose)
+
+    p = sub.add_parser("export-pose", help="a video's merged keypoints to SLEAP (.slp) and DeepLabCut (CSV)")
+    p.add_argument("table", type=Path, help="per-animal table with keypoint columns (animals.parquet or .csv)")
+    p.add_argument("--video", required=True, type=Path, help="the video (referenced by the .slp)")
+    p.add_argument("--slp", type=Path, help="SLEAP file to write")
+    p.add_argument("--dlc-csv", type=Path, help="DeepLabCut CSV to write (indexed by frame number)")
+    p.set_defaults(func=cmd_export_pose)
 
     p = sub.add_parser("train-segnet", help="train SegNet from COCO or VIA instance polygons")
     p.add_argument("--labels", required=True, type=Path, help="COCO or VIA JSON")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,9 @@ import pandas as pd
 from sipec_models.inference.ingest import load_probe
 from sipec_models.io.store import open_store
 from sipec_models.segmentation.flags import AT_BORDER, MERGED_SPLIT
+
+if TYPE_CHECKING:
+    from sipec_models.io.keypoints import KeypointLabels
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,8 @@ def animal_names(n_animals: int) -> list[str]:
 
 
 def animal_table(store: str | os.PathLike, video_id: str, fps: float,
-                 identity: tuple[np.ndarray, np.ndarray, list[str]] | None = None) -> pd.DataFrame:
+                 identity: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
+                 pose: tuple[np.ndarray, np.ndarray, list[str]] | None = None) -> pd.DataFrame:
     """Build the per-animal table of a consolidated video store.
 
     Args:
@@ -39,11 +43,16 @@ def animal_table(store: str | os.PathLike, video_id: str, fps: float,
             frame (-1 none) and its probability. When given, rows are keyed
             by identity: ``animal`` is the identity name, ``track`` the slot
             that held it in that frame, ``identity_prob`` its probability.
+        pose: ``(keypoints (T, A, K, 2) frame px, confidence (T, A, K), node
+            names)`` per slot (:func:`read_pose_chunks`); adds the columns
+            ``<node>_x``, ``<node>_y`` (frame px) and ``<node>_conf`` (0-1)
+            for each node after the others, keyed like them (by identity
+            when ``identity`` is given).
 
     Returns:
         DataFrame sorted by frame then animal, one row per frame and animal
         (``T * A`` rows, or ``T * K`` for ``K`` identities); undetected
-        animals have NaN positions and ``detected = False``.
+        animals have NaN positions (and keypoints) and ``detected = False``.
     """
     group = open_store(store)
     com = group["com"][...]
@@ -56,6 +65,11 @@ def animal_table(store: str | os.PathLike, video_id: str, fps: float,
     names = list(group.attrs.get("animal_names") or animal_names(n_animals))
     track_names = np.tile(np.asarray(names, dtype=object), (n_frames, 1))
     extra = {}
+    if pose is not None:
+        keypoints, kp_conf, nodes = pose
+        if keypoints.shape[:2] != (n_frames, n_animals) or kp_conf.shape != keypoints.shape[:3]:
+            raise ValueError(f"{store}: keypoints {keypoints.shape} / confidences {kp_conf.shape} do not match its "
+                             f"{n_frames} frames x {n_animals} animals")
     if identity is not None:
         assignment, probability, names = identity
         if assignment.shape != (n_frames, n_animals):
@@ -78,6 +92,8 @@ def animal_table(store: str | os.PathLike, video_id: str, fps: float,
             return out
 
         com, box, area, score, flags = map(by_identity, (com, box, area, score, flags))
+        if pose is not None:
+            keypoints, kp_conf = by_identity(keypoints), by_identity(kp_conf)
         extra = {
             "track": np.where(held, track_names[rows, pick], "").reshape(-1),
             "identity_prob": np.where(held, probability[rows, pick], np.nan).reshape(-1),
@@ -104,7 +120,54 @@ def animal_table(store: str | os.PathLike, video_id: str, fps: float,
         "at_border": ((flags & AT_BORDER) > 0).reshape(-1) & detected,
         "n_found": np.repeat(n_found.astype(np.int16), n_animals),
     })
+    if pose is not None:
+        table = pd.concat([table, pd.DataFrame(keypoint_columns(keypoints, kp_conf, nodes))], axis=1)
     return table
+
+
+#: Suffixes of the per-node keypoint columns of the per-animal tables: x, y (frame px), confidence (0-1).
+KEYPOINT_SUFFIXES = ("_x", "_y", "_conf")
+
+
+def keypoint_columns(keypoints: np.ndarray, confidence: np.ndarray, nodes: Sequence[str]) -> dict[str, np.ndarray]:
+    """``(T, A, K, 2)`` keypoints and ``(T, A, K)`` confidences -> ``{<node>_x, <node>_y, <node>_conf: (T*A,)}``."""
+    cols = {}
+    for k, node in enumerate(nodes):
+        for suffix, values in zip(KEYPOINT_SUFFIXES, (keypoints[..., k, 0], keypoints[..., k, 1], confidence[..., k])):
+            cols[f"{node}{suffix}"] = values.reshape(-1).astype(np.float64)
+    return cols
+
+
+def keypoint_nodes(table: pd.DataFrame) -> list[str]:
+    """Pose node names of a per-animal table: every ``<node>`` with ``<node>_x``, ``<node>_y`` and ``<node>_conf``."""
+    return [c[:-len("_conf")] for c in table.columns if c.endswith("_conf")
+            and {c[:-len("_conf")] + "_x", c[:-len("_conf")] + "_y"} <= set(table.columns)]
+
+
+def read_pose_chunks(paths: Sequence[str | os.PathLike], n_frames: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Concatenate the ``keypoints`` ``(T, A, K, 2)`` and ``keypoint_confidence`` ``(T, A, K)`` of pose chunk stores.
+
+    Returns ``(keypoints, confidence, node_names)``; frames no chunk covers stay NaN.
+
+    Raises:
+        ValueError: no stores, or a store whose node names differ from the first one's (naming it).
+    """
+    points = conf = names = None
+    for p in paths:
+        g = open_store(p)
+        s, e = g.attrs["frame_start"], g.attrs["frame_stop"]
+        kp, c = g["keypoints"][...], g["keypoint_confidence"][...]
+        if points is None:
+            names = list(g.attrs["node_names"])
+            points = np.full((n_frames,) + kp.shape[1:], np.nan, np.float32)
+            conf = np.full((n_frames,) + c.shape[1:], np.nan, np.float32)
+        elif list(g.attrs["node_names"]) != names:
+            raise ValueError(f"{p}: pose nodes {g.attrs['node_names']} differ from the other chunks' {names}; "
+                             "re-run its pose job with the same model")
+        points[s:e], conf[s:e] = kp, c
+    if points is None:
+        raise ValueError("no pose chunk stores given")
+    return points, conf, names
 
 
 def _write_atomic(table: pd.DataFrame, path: Path, kind: str) -> None:
@@ -166,21 +229,24 @@ def identities_of_slots(store, identify: Sequence[str | os.PathLike], smoothing:
 
 
 def run_merge(store, video_id: str, probe_json, csv, parquet, figure, identify: Sequence[str] = (),
-              smoothing: str = "track", social: Sequence[str] = (), social_options=None, events_csv=None
-              ) -> pd.DataFrame:
+              smoothing: str = "track", social: Sequence[str] = (), social_options=None, events_csv=None,
+              pose: Sequence[str] = ()) -> pd.DataFrame:
     """Write the per-animal table (CSV and Parquet) and the trajectory figure of a video.
 
     With ``identify`` chunk stores, rows are keyed by identity (see
-    :func:`animal_table`); with ``social`` chunk stores, the interaction bouts
-    go to ``events_csv`` (pairs named like the table's ``animal`` column) and
-    the table gains ``social_partners`` (the animals each one interacts with
-    in that frame, ``;``-separated).
+    :func:`animal_table`); with ``pose`` chunk stores, the table gains
+    ``<node>_x``, ``<node>_y``, ``<node>_conf`` per keypoint node; with
+    ``social`` chunk stores, the interaction bouts go to ``events_csv``
+    (pairs named like the table's ``animal`` column) and the table gains
+    ``social_partners`` (the animals each one interacts with in that frame,
+    ``;``-separated).
     """
     from sipec_models.plots import trajectory_figure
 
     info, _ = load_probe(probe_json)
     identity = identities_of_slots(store, identify, smoothing) if identify else None
-    table = animal_table(store, video_id, info.fps, identity=identity)
+    poses = read_pose_chunks(pose, int(open_store(store).attrs["n_frames"])) if pose else None
+    table = animal_table(store, video_id, info.fps, identity=identity, pose=poses)
     events = None
     if social:
         events = _social_events(store, social, identity, info.fps, video_id, social_options)
@@ -196,6 +262,67 @@ def run_merge(store, video_id: str, probe_json, csv, parquet, figure, identify: 
     log.info("%s: %d frames, %d animals, detected %s", video_id, table["frame"].nunique(), len(per_animal),
              ", ".join(f"{a} {v:.1%}" for a, v in per_animal.items()))
     return table
+
+
+def pose_labels(table: pd.DataFrame, video: str | os.PathLike) -> "KeypointLabels":
+    """The keypoints of a per-animal table as :class:`~sipec_models.io.keypoints.KeypointLabels` predictions.
+
+    One :class:`~sipec_models.io.keypoints.PoseFrame` per frame where some
+    animal has a keypoint; each animal is a track named by the table's
+    ``animal`` column (identity or track slot), with its ``<node>_conf`` as
+    scores. Nodes come from the table's columns (:func:`keypoint_nodes`),
+    left/right flip pairs from the node names
+    (:func:`~sipec_models.io.keypoints.find_flip_pairs`).
+    """
+    from sipec_models.io.keypoints import KeypointLabels, Skeleton, find_flip_pairs
+
+    nodes = keypoint_nodes(table)
+    if not nodes:
+        raise ValueError("the table has no keypoint columns (<node>_x, <node>_y, <node>_conf): was pose enabled?")
+    animals = list(dict.fromkeys(table["animal"]))
+    frames = np.sort(table["frame"].unique())
+    wide = table.set_index(["frame", "animal"]).reindex(pd.MultiIndex.from_product([frames, animals]))
+    T, A, K = len(frames), len(animals), len(nodes)
+    points = np.stack([wide[[f"{n}_x" for n in nodes]].to_numpy(float),
+                       wide[[f"{n}_y" for n in nodes]].to_numpy(float)], axis=-1).reshape(T, A, K, 2)
+    scores = wide[[f"{n}_conf" for n in nodes]].to_numpy(float).reshape(T, A, K)
+    keep = np.isfinite(points).all(-1).any(axis=(1, 2))
+    skeleton = Skeleton(nodes, flip_pairs=find_flip_pairs(nodes))
+    return KeypointLabels.from_arrays(points[keep], skeleton, video=str(video), frames=frames[keep],
+                                      scores=scores[keep], tracks=[str(a) for a in animals])
+
+
+def run_export_pose(table_path: str | os.PathLike, video: str | os.PathLike, slp: str | os.PathLike | None = None,
+                    dlc_csv: str | os.PathLike | None = None) -> "KeypointLabels":
+    """Export a video's merged keypoints for proofreading in SLEAP and DeepLabCut.
+
+    Args:
+        table_path: the per-animal table (``animals.parquet`` or ``.csv``) with keypoint columns.
+        video: the video file; the ``.slp`` references it by absolute path
+            (SLEAP asks for it when it has moved), the DLC CSV is indexed by frame number.
+        slp: SLEAP file to write (predicted instances with point scores, one track per animal).
+        dlc_csv: DeepLabCut CSV to write (multi-animal header, ``likelihood`` columns).
+
+    Both read back with :func:`~sipec_models.io.keypoints.load_keypoints`
+    (the CSV with ``video=``) to the table's keypoints (float32 in the ``.slp``).
+    """
+    from sipec_models.io.keypoints import to_dlc_csv, to_slp
+
+    path = Path(table_path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: per-animal table does not exist")
+    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    try:
+        labels = pose_labels(table, Path(video).resolve())
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    if slp is not None:
+        to_slp(labels, slp)
+    if dlc_csv is not None:
+        to_dlc_csv(labels, dlc_csv)
+    log.info("%s: keypoints of %d frames (%d nodes) -> %s", path, len(labels), labels.skeleton.n_nodes,
+             ", ".join(str(p) for p in (slp, dlc_csv) if p is not None))
+    return labels
 
 
 def _social_events(store, social, identity, fps, video_id, options) -> pd.DataFrame:

@@ -45,6 +45,8 @@ ARRAY_SPECS: dict[str, tuple[tuple[str, ...], str]] = {
     "local_track": (("frame", "instance"), "id"),
     "track": (("frame", "animal"), "id"),
     "identity_prob": (("frame", "animal", "identity"), "1"),
+    "keypoints": (("frame", "instance", "keypoint", "xy"), "px"),
+    "keypoint_confidence": (("frame", "instance", "keypoint"), "1"),
 }
 
 

@@ -20,7 +20,9 @@ Pipeline:
    ``train.lr_factor`` at the fractions ``train.lr_steps`` of the run.
 
 :func:`train_pose` runs it; :func:`save_pose` / :func:`load_pose` store the
-weights with the configuration, node names and flip pairs.
+weights with the configuration, node names and flip pairs;
+:func:`run_train_pose` is the workflow entry point (label file in, checkpoint
+and training summary out).
 """
 
 from __future__ import annotations
@@ -28,11 +30,11 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -151,41 +153,48 @@ def lr_factor(step: int, max_steps: int, lr_steps: Sequence[float], factor: floa
     return factor ** sum(step >= f * max_steps for f in lr_steps)
 
 
-class PoseModule(pl.LightningModule):
-    """Lightning wrapper: augmentation on the device, centre window, Gaussian targets, incomplete-label loss, Adam."""
+def make_pose_module() -> type:
+    """The Lightning module class (built lazily: inference and checkpoint loading need no Lightning import)."""
+    import pytorch_lightning as pl
 
-    def __init__(self, cfg: Mapping[str, Any], num_keypoints: int, flip_pairs: Sequence[tuple[int, int]] = ()):
-        super().__init__()
-        self.cfg = to_dict(cfg)
-        self.net = build_pose_model(self.cfg, num_keypoints)
-        self.augment = build_pose_augment(self.cfg["augment"])
-        self.flip_perm = flip_permutation(num_keypoints, flip_pairs) if flip_pairs else None
-        self.history: list[dict[str, float]] = []
+    class PoseModule(pl.LightningModule):
+        """Lightning wrapper: augmentation on the device, centre window, Gaussian targets, incomplete-label loss,
+        Adam."""
 
-    def forward(self, x):
-        return self.net(x)
+        def __init__(self, cfg: Mapping[str, Any], num_keypoints: int, flip_pairs: Sequence[tuple[int, int]] = ()):
+            super().__init__()
+            self.cfg = to_dict(cfg)
+            self.net = build_pose_model(self.cfg, num_keypoints)
+            self.augment = build_pose_augment(self.cfg["augment"])
+            self.flip_perm = flip_permutation(num_keypoints, flip_pairs) if flip_pairs else None
+            self.history: list[dict[str, float]] = []
 
-    def training_step(self, batch, batch_idx):
-        images, points = batch
-        t = self.cfg["train"]
-        with torch.no_grad():
-            images, points = augment_pose(self.augment, images, points, self.flip_perm)
-            C, S = images.shape[-1], int(self.cfg["data"]["crop_size"])
-            o = (C - S) // 2
-            images = images[..., o:o + S, o:o + S]
-            points = points - o
-        out = self.net(images)
-        target = gaussian_heatmaps(points, tuple(out.shape[-2:]), int(self.net.stride), float(t["sigma_px"]))
-        loss = pose_loss(out, target, keypoint_weights(points), str(t["loss"]))
-        self.history.append({"loss": float(loss.detach())})
-        return loss
+        def forward(self, x):
+            return self.net(x)
 
-    def configure_optimizers(self):
-        t = self.cfg["train"]
-        opt = torch.optim.Adam(self.net.parameters(), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
-        total, steps, factor = max(1, int(t["max_steps"])), list(t["lr_steps"] or []), float(t["lr_factor"])
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, steps, factor))
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        def training_step(self, batch, batch_idx):
+            images, points = batch
+            t = self.cfg["train"]
+            with torch.no_grad():
+                images, points = augment_pose(self.augment, images, points, self.flip_perm)
+                C, S = images.shape[-1], int(self.cfg["data"]["crop_size"])
+                o = (C - S) // 2
+                images = images[..., o:o + S, o:o + S]
+                points = points - o
+            out = self.net(images)
+            target = gaussian_heatmaps(points, tuple(out.shape[-2:]), int(self.net.stride), float(t["sigma_px"]))
+            loss = pose_loss(out, target, keypoint_weights(points), str(t["loss"]))
+            self.history.append({"loss": float(loss.detach())})
+            return loss
+
+        def configure_optimizers(self):
+            t = self.cfg["train"]
+            opt = torch.optim.Adam(self.net.parameters(), lr=float(t["lr"]), weight_decay=float(t["weight_decay"]))
+            total, steps, factor = max(1, int(t["max_steps"])), list(t["lr_steps"] or []), float(t["lr_factor"])
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, steps, factor))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    return PoseModule
 
 
 def train_pose(images: np.ndarray, keypoints: np.ndarray, cfg: DictConfig | Mapping[str, Any] | None = None,
@@ -222,6 +231,8 @@ def train_pose(images: np.ndarray, keypoints: np.ndarray, cfg: DictConfig | Mapp
     K = kp.shape[-2]
     if node_names is not None and len(node_names) != K:
         raise ValueError(f"{len(node_names)} node names for {K} keypoints")
+    import pytorch_lightning as pl
+
     pl.seed_everything(int(t["seed"]), workers=True, verbose=False)
     images = match_channels(images, bool(d.get("rgb", False)))
     crops, pts, _ = prepare_pose_crops(images, kp, training_crop_size(cfg), float(d["scale"]), centres)
@@ -230,7 +241,7 @@ def train_pose(images: np.ndarray, keypoints: np.ndarray, cfg: DictConfig | Mapp
     steps, bs = int(t["max_steps"]), int(t["batch_size"])
     data = PoseCropDataset(crops, pts, steps * bs, int(t["seed"]))
     loader = torch.utils.data.DataLoader(data, batch_size=bs, shuffle=False, num_workers=0)
-    module = PoseModule(cfg, K, list(flip_pairs))
+    module = make_pose_module()(cfg, K, list(flip_pairs))
     trainer = pl.Trainer(max_steps=steps, max_epochs=-1, accelerator="auto", devices=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
                          num_sanity_val_steps=0, deterministic=False)
@@ -276,10 +287,85 @@ def load_pose(path: str | os.PathLike, device: str | torch.device | None = None)
         raise ValueError(f"{path}: cannot read checkpoint ({exc})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path}: not a pose checkpoint (format {FORMAT!r})")
-    model = build_pose_model(payload["config"], int(payload["num_keypoints"]), pretrained=False)
-    model.load_state_dict(payload["state_dict"])
-    model.config = payload["config"]
-    model.node_names = list(payload.get("node_names", []))
+    cfg, K = payload["config"], int(payload["num_keypoints"])
+    names = list(payload.get("node_names", []))
+    if names and len(names) != K:
+        raise ValueError(f"{path}: names {len(names)} nodes ({names}) but its network has {K} keypoints")
+    model = build_pose_model(cfg, K, pretrained=False)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        detail = [d.strip() for d in str(exc).strip().splitlines()]
+        raise ValueError(f"{path}: weights do not fit its config ({cfg['model']['name']}, {K} keypoints, "
+                         f"{'RGB' if cfg['data'].get('rgb') else 'grey'} input): {' '.join(detail[1:3]) or detail[0]}"
+                         ) from None
+    model.config = cfg
+    model.node_names = names
     model.flip_pairs = [tuple(p) for p in payload.get("flip_pairs", [])]
     model.meta = payload.get("meta", {})
     return model.to(device or "cpu").eval()
+
+
+def run_train_pose(labels: str | os.PathLike, out: str | os.PathLike, model: str = "posenet",
+                   video: str | os.PathLike | None = None, overrides: Iterable[str] = (),
+                   frames: Sequence[int] | None = None, metrics_out: str | os.PathLike | None = None,
+                   progress: bool = True) -> torch.nn.Module:
+    """Workflow entry: train PoseNet or LEAP from a pose label file and save the checkpoint.
+
+    Args:
+        labels: anything :func:`~sipec_models.io.keypoints.load_keypoints` reads:
+            SLEAP ``.slp``, a DeepLabCut project (folder or ``config.yaml``),
+            DLC ``CollectedData_*.csv`` / ``.h5``.
+        out: checkpoint path (:func:`save_pose`: weights, config, node names, flip pairs).
+        model: ``"posenet"`` or ``"leap"``: the config ``config/models/<model>.yaml``.
+        video: the video of the labelled frames that have no image file: for
+            SLEAP files whose stored video path is not valid on this machine,
+            and DLC files indexed by frame number. Only for labels of one video.
+        overrides: Hydra override strings of the model config.
+        frames: ``[start, stop)``: only labelled frames whose frame index is in this range.
+        metrics_out: JSON with the model, node names, frame and animal counts,
+            ``train_seconds`` and ``final_loss`` (mean loss of the last 20 steps).
+        progress: progress bar.
+
+    Raises:
+        ValueError: naming ``labels``: unknown model, unreadable labels, no
+            labelled animal (in ``frames``), labels of several videos with ``video``.
+    """
+    from sipec_models.io.keypoints import load_keypoints, read_pose_images
+
+    if model not in MODELS:
+        raise ValueError(f"pose model must be one of {MODELS}, not {model!r}")
+    cfg = load_model_config(model, overrides)
+    kl = load_keypoints(labels, video=video)
+    if video is not None:
+        videos = {f.video for f in kl.frames if f.image is None}
+        if len(videos) > 1:
+            raise ValueError(f"{labels}: labels of {len(videos)} videos; `video` can only stand for one")
+        for f in kl.frames:
+            if f.image is None:
+                f.video = str(video)
+    kept = [f for f in kl.frames if np.isfinite(f.points).all(-1).any()
+            and (frames is None or (f.frame is not None and frames[0] <= f.frame < frames[1]))]
+    if not kept:
+        raise ValueError(f"{labels}: no labelled animals" + (f" in frames {list(frames)}" if frames else ""))
+    kl.frames = kept
+    images = read_pose_images(kl, gray=not bool(cfg.data.get("rgb", False)))
+    keypoints = kl.points_by_track()
+    t0 = time.perf_counter()
+    net = train_pose(images, keypoints, cfg, model=model, flip_pairs=kl.skeleton.flip_pairs,
+                     node_names=kl.skeleton.nodes, progress=progress)
+    train_s = time.perf_counter() - t0
+    n_animals = int(np.isfinite(keypoints).all(-1).any(-1).sum())
+    meta = {"labels": str(labels), "video": None if video is None else str(video),
+            "frames": [f.frame for f in kept], "train_seconds": train_s}
+    save_pose(net, out, meta)
+    if metrics_out is not None:
+        from sipec_models.inference.ingest import write_json_atomic
+
+        hist = [h["loss"] for h in net.history[-20:]]
+        write_json_atomic(metrics_out, {
+            "model": model, "node_names": list(kl.skeleton.nodes), "flip_pairs": [list(p) for p in net.flip_pairs],
+            "n_frames": len(kept), "n_animals": n_animals, "steps": len(net.history),
+            "train_seconds": train_s, "final_loss": float(np.mean(hist)) if hist else None,
+        })
+    return net

@@ -12,7 +12,7 @@ try:
     DEMO_VIDEOS = [DEMO_DIR / f"arena_{i}.mp4" for i in range(_DEMO["n_videos"])] if _DEMO["enabled"] else []
     # Ground truth the demo renders beside each video (labels for training and evaluation).
     DEMO_TRUTH = [DEMO_DIR / f"arena_{i}" / name for i in range(len(DEMO_VIDEOS))
-                  for name in ("masks_coco.json", "centroids.csv", "identities.csv")]
+                  for name in ("masks_coco.json", "centroids.csv", "identities.csv", "keypoints_dlc.csv")]
     VIDEOS = load_videos(config["videos"], producible={str(p) for p in DEMO_VIDEOS})
 except ConfigError as err:
     raise WorkflowError(f"Invalid configuration:\n{err}") from None
@@ -24,6 +24,7 @@ SEG = config["segmentation"]
 SEGNET = SEG["method"] == "segnet"
 IDENT = config["identification"]
 SOCIAL = config["social"]
+POSE = config["pose"]
 
 
 def _config_error(message):
@@ -49,8 +50,22 @@ if IDENT["enabled"] and not IDENT["model"]:
         if not Path(_entry["labels"]).exists() and Path(_entry["labels"]) not in DEMO_TRUTH:
             _config_error(f"identification.labels: {_entry['labels']}: file does not exist")
 
+if POSE["enabled"]:
+    if not POSE["checkpoint"] and not POSE["labels"]:
+        _config_error("pose.enabled is true but neither pose.checkpoint (a trained pose model) nor pose.labels "
+                      "(SLEAP or DeepLabCut keypoint labels to train one) is set")
+    if POSE["checkpoint"] and not Path(POSE["checkpoint"]).is_file():
+        _config_error(f"pose.checkpoint: {POSE['checkpoint']}: file does not exist")
+    if not POSE["checkpoint"]:
+        if not Path(POSE["labels"]).exists() and Path(POSE["labels"]) not in DEMO_TRUTH:
+            _config_error(f"pose.labels: {POSE['labels']}: file does not exist")
+        if POSE["video"] and POSE["video"] not in VIDEOS.index and not Path(POSE["video"]).is_file():
+            _config_error(f"pose.video: {POSE['video']!r} is neither a video id of {config['videos']} "
+                          f"(ids: {', '.join(VIDEO_IDS)}) nor an existing file")
+
 SEGNET_MODEL = Path(SEG["segnet"]["model"]) if SEG["segnet"]["model"] else MODELS / "segnet.pt"
 IDNET_MODEL = Path(IDENT["model"]) if IDENT["model"] else MODELS / "idnet.pt"
+POSE_MODEL = Path(POSE["checkpoint"]) if POSE["checkpoint"] else MODELS / f"{POSE['model']}.pt"
 
 
 wildcard_constraints:
@@ -99,3 +114,7 @@ def identify_stores(wildcards):
 
 def social_stores(wildcards):
     return [RESULTS / f"{wildcards.video}/social/chunk_{c}.zarr" for c in chunk_ids(wildcards.video)]
+
+
+def pose_stores(wildcards):
+    return [RESULTS / f"{wildcards.video}/pose/chunk_{c}.zarr" for c in chunk_ids(wildcards.video)]

@@ -2,10 +2,13 @@
 
 
 def merge_inputs(wildcards):
-    """Identify chunk stores when identification is on, social chunk stores when social events are."""
+    """Identify chunk stores when identification is on, social chunk stores when social events are, pose
+    chunk stores when pose estimation is."""
     inputs = {}
     if IDENT["enabled"]:
         inputs["identify"] = identify_stores(wildcards)
+    if POSE["enabled"]:
+        inputs["pose"] = pose_stores(wildcards)
     if SOCIAL["enabled"]:
         inputs["social"] = social_stores(wildcards)
     return inputs
@@ -17,6 +20,8 @@ def merge_args(wildcards, input, output):
         # getattr: the chunk lists are unknown until the plan checkpoint has run.
         args += ["--identify", *(f"'{p}'" for p in getattr(input, "identify", [])), "--smoothing",
                  IDENT["smoothing"]]
+    if POSE["enabled"]:
+        args += ["--pose", *(f"'{p}'" for p in getattr(input, "pose", []))]
     if SOCIAL["enabled"]:
         args += ["--social", *(f"'{p}'" for p in getattr(input, "social", [])), "--social-options", f"'{options('social')}'",
                  "--events", f"'{output.events}'"]

@@ -41,3 +41,24 @@ if IDENT["enabled"] and not IDENT["model"]:
         shell:
             "sipec train-idnet --sources {params.sources:q} --overrides {params.overrides} "
             "--metrics {output.metrics:q} --out {output.model:q} > {log} 2>&1"
+
+
+if POSE["enabled"] and not POSE["checkpoint"]:
+
+    rule train_pose:
+        input:
+            labels=POSE["labels"],
+            video=[resolve_video(POSE["video"])] if POSE["video"] else [],
+        output:
+            model=POSE_MODEL,
+            metrics=MODELS / f"{POSE['model']}_training.json",
+        params:
+            video=lambda wc, input: f"--video '{input.video[0]}'" if input.video else "",
+            frames=lambda wc: "--frames {} {}".format(*POSE["frames"]) if POSE["frames"] else "",
+            overrides=lambda wc: " ".join(f"'{o}'" for o in POSE["overrides"]),
+        threads: 2
+        log:
+            "logs/train/pose.log",
+        shell:
+            "sipec train-pose --labels {input.labels:q} --model {POSE[model]} {params.video} {params.frames} "
+            "--overrides {params.overrides} --metrics {output.metrics:q} --out {output.model:q} > {log} 2>&1"
