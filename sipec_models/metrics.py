@@ -46,6 +46,45 @@ def match_tracks_to_truth(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     return mapping
 
 
+def match_instances(pred: np.ndarray, truth: np.ndarray, max_distance: float = np.inf) -> np.ndarray:
+    """Per-frame one-to-one matching of predicted instances to true animals by distance (Hungarian).
+
+    Unlike :func:`match_tracks_to_truth` (one assignment for the whole video),
+    each frame is matched on its own, so identity does not matter: use it to
+    score what a detection or pose prediction found, not who it is.
+
+    Args:
+        pred: ``(T, I, 2)`` predicted positions, px (a NaN row: no instance).
+        truth: ``(T, G, 2)`` true positions, px (NaN: animal not labelled).
+        max_distance: pairs farther apart than this (px) stay unmatched.
+
+    Returns:
+        ``(T, G)`` int: the instance matched to each true animal, -1 where none.
+    """
+    pred, truth = np.asarray(pred, np.float64), np.asarray(truth, np.float64)
+    if pred.ndim != 3 or truth.ndim != 3 or len(pred) != len(truth):
+        raise ValueError(f"need (T, I, 2) and (T, G, 2) positions; got {pred.shape} and {truth.shape}")
+    out = np.full(truth.shape[:2], -1)
+    d = np.linalg.norm(pred[:, :, None, :] - truth[:, None, :, :], axis=-1)  # (T, I, G)
+    ok = np.isfinite(d) & (d <= max_distance)
+    for t in np.flatnonzero(ok.any(axis=(1, 2))):
+        cost = np.where(ok[t], d[t], 1e12)
+        rows, cols = linear_sum_assignment(cost)
+        keep = ok[t, rows, cols]
+        out[t, cols[keep]] = rows[keep]
+    return out
+
+
+def take_matched(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``values (T, I, ...)`` of the instances in ``index (T, G)`` (:func:`match_instances`) -> ``(T, G, ...)``,
+    NaN where the index is -1."""
+    values = np.asarray(values, np.float64)
+    t = np.arange(len(index))[:, None]
+    out = values[t, np.maximum(index, 0)]
+    out[index < 0] = np.nan
+    return out
+
+
 def centre_errors(pred: np.ndarray, truth: np.ndarray, mapping: np.ndarray | None = None) -> np.ndarray:
     """Per-frame, per-track distance (px) between predicted and matched true centres (NaN where missing)."""
     mapping = match_tracks_to_truth(pred, truth) if mapping is None else mapping
