@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -43,7 +41,7 @@ from sipec_models.pose import (
     augment_pose, box_centres, build_pose_augment, crop_frames, frame_to_crop, gaussian_heatmaps, keypoint_weights,
     pose_loss,
 )
-from sipec_models.training.config import load_model_config, to_dict
+from sipec_models.training.config import load_model_config, save_checkpoint, to_dict
 
 #: Checkpoint format tag.
 FORMAT = "sipec-pose-1"
@@ -259,20 +257,11 @@ def save_pose(model: torch.nn.Module, path: str | os.PathLike, meta: Mapping[str
     cfg = getattr(model, "config", None)
     if cfg is None:
         raise ValueError("save_pose needs a model with a config (from train_pose or load_pose)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "config": to_dict(cfg), "num_keypoints": int(model.num_keypoints),
                "node_names": list(getattr(model, "node_names", [])),
                "flip_pairs": [list(p) for p in getattr(model, "flip_pairs", [])],
                "state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "meta": dict(meta or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_checkpoint(payload, path)
 
 
 def load_pose(path: str | os.PathLike, device: str | torch.device | None = None) -> torch.nn.Module:

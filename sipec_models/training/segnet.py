@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 
 from sipec_models.nets.segnet import STRIDE, SegNet
-from sipec_models.training.config import load_model_config, to_dict
+from sipec_models.training.config import load_model_config, save_checkpoint, to_dict
 
 #: Checkpoint format tag.
 FORMAT = "sipec-segnet-1"
@@ -313,18 +312,9 @@ def save_segnet(model: SegNet, path: str | os.PathLike, cfg: DictConfig | Mappin
     cfg = to_dict(_cfg(cfg)) if cfg is not None else getattr(model, "config", None)
     if cfg is None:
         raise ValueError("save_segnet needs the model's config")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": FORMAT, "config": cfg, "state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
                "meta": dict(meta or {})}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    save_checkpoint(payload, path)
 
 
 def load_segnet(path: str | os.PathLike, device: str | torch.device | None = None) -> SegNet:
