@@ -99,7 +99,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from sipec_models.evaluation import ablation_summary, time_block_folds
+from sipec_models.evaluation import ablation_figure, ablation_summary, time_block_folds
 from sipec_models.io.keypoints import load_keypoints, read_pose_images
 from sipec_models.metrics import mean_pose_baseline, pck, pose_median_error, pose_metrics, pose_rmse
 from sipec_models.pose import PosePredictor, box_centres, crop_frames, match_channels
@@ -185,37 +185,6 @@ def speed(net, images: np.ndarray, centres: np.ndarray, batch: int) -> dict:
     t_all = timed_median(lambda: pp.predict(frames, centres[idx], idx))
     return {"batch": batch, "crop_size": pp.crop_size, "threads": torch.get_num_threads(),
             "network_crops_per_s": batch / t_net, "with_cropping_crops_per_s": batch / t_all}
-
-
-def ablation_figure(table: pd.DataFrame, path: Path, radius: float) -> None:
-    """PCK against labelled training frames per model: folds as dots, means, 95 % of each peak, chance."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
-    for c, (model, t) in enumerate(table.groupby("model", sort=False)):
-        s = ablation_summary(t, "pck")
-        means = pd.Series(s["means"])
-        ax.scatter(t["n_train"], t["pck"], s=12, color=f"C{c}", alpha=0.4)
-        ax.plot(means.index, means.values, "-o", color=f"C{c}", label=model)
-        ax.axhline(0.95 * s["peak"], ls="--", color=f"C{c}", lw=0.8)
-        if s["frames_for_95"] is not None:
-            ax.axvline(s["frames_for_95"], ls=":", color=f"C{c}", lw=1,
-                       label=f"{model}: 95 % of peak at {s['frames_for_95']}")
-    chance = table.groupby("n_train")["chance"].mean()
-    ax.plot(chance.index, chance.values, "-", color="0.6", label="mean pose")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("labelled training frames")
-    ax.set_ylabel(f"PCK@{radius:g} px")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title("DLC open field: pose accuracy vs labels (held-out time blocks)", fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -357,7 +326,8 @@ def main(argv=None) -> int:
             args.ablation_csv.parent.mkdir(parents=True, exist_ok=True)
             table.to_csv(args.ablation_csv, index=False, float_format="%.4f")
         if args.figure:
-            ablation_figure(table, args.figure, args.ablation_radius)
+            ablation_figure(table, args.figure, "DLC open field: pose accuracy vs labels (held-out time blocks)",
+                            "labelled training frames", "pck", f"PCK@{args.ablation_radius:g} px")
     result["total_s"] = time.perf_counter() - t_start
     print_table(result, args)
     if args.out:

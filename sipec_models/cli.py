@@ -21,6 +21,8 @@ problem and exit with status 1.
     sipec train-pose      train PoseNet or LEAP from SLEAP or DeepLabCut keypoint labels
     sipec export-pose     a video's merged keypoints to SLEAP (.slp) and DeepLabCut (CSV)
     sipec evaluate-segnet k-fold mask AP and label-count ablation of SegNet
+    sipec evaluate-pose   k-fold pose error and label-count ablation of PoseNet or LEAP
+    sipec pose-ablation-figure  PCK against labelled frames of the evaluated pose models
     sipec evaluate-identity  identity accuracy of merged tables against labels
 """
 
@@ -175,6 +177,20 @@ def cmd_evaluate_segnet(args) -> None:
                         label_counts=args.label_counts,
                         overrides=args.overrides, cv_out=args.cv, ablation_out=args.ablation,
                         figure=args.figure, seed=args.seed)
+
+
+def cmd_evaluate_pose(args) -> None:
+    from sipec_models.evaluation import run_evaluate_pose
+
+    run_evaluate_pose(args.labels, model=args.model, video=args.video, folds=args.folds,
+                      label_counts=args.label_counts, overrides=args.overrides, radius=args.radius,
+                      ablation_folds=args.ablation_folds, cv_out=args.cv, ablation_out=args.ablation, seed=args.seed)
+
+
+def cmd_pose_ablation_figure(args) -> None:
+    from sipec_models.evaluation import pose_ablation_figure
+
+    pose_ablation_figure(args.ablations, args.figure, radius=args.radius)
 
 
 def cmd_evaluate_identity(args) -> None:
@@ -353,6 +369,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", required=True, type=Path, help="per fold and label count CSV")
     p.add_argument("--figure", required=True, type=Path, help="ablation figure (PNG)")
     p.set_defaults(func=cmd_evaluate_segnet)
+
+    p = sub.add_parser("evaluate-pose", help="k-fold pose error and a label-count ablation of PoseNet or LEAP")
+    p.add_argument("--labels", required=True, type=Path, help="SLEAP .slp, DeepLabCut project / CSV / H5")
+    p.add_argument("--model", choices=("posenet", "leap"), default="posenet")
+    p.add_argument("--video", type=Path, help="video of labelled frames that have no image file")
+    p.add_argument("--folds", type=int, default=5, help="contiguous time blocks of labelled frames")
+    p.add_argument("--label-counts", type=int, nargs="*", default=[10, 25, 50],
+                   help="ablation: training-frame counts below the full training set")
+    p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of config/models/<model>.yaml")
+    p.add_argument("--radius", type=float, default=5.0, help="PCK radius, frame px")
+    p.add_argument("--ablation-folds", type=int, help="train the ablation subsets in the first N folds only")
+    p.add_argument("--seed", type=int, default=0, help="seed of the ablation subsets")
+    p.add_argument("--cv", required=True, type=Path, help="per-fold CSV")
+    p.add_argument("--ablation", required=True, type=Path, help="per fold and label count CSV")
+    p.set_defaults(func=cmd_evaluate_pose)
+
+    p = sub.add_parser("pose-ablation-figure", help="PCK against labelled frames of the evaluated pose models")
+    p.add_argument("ablations", nargs="+", type=Path, help="ablation CSVs of sipec evaluate-pose")
+    p.add_argument("--radius", type=float, default=5.0, help="the PCK radius the CSVs were scored at, px")
+    p.add_argument("--figure", required=True, type=Path, help="PNG")
+    p.set_defaults(func=cmd_pose_ablation_figure)
 
     p = sub.add_parser("evaluate-identity", help="identity accuracy of a video against identity labels")
     p.add_argument("--video-id", required=True)

@@ -1,5 +1,5 @@
-"""Evaluation of trained models against labels: SegNet cross-validation and label-count ablation,
-identity accuracy of a segmented and identified video.
+"""Evaluation of trained models against labels: SegNet and pose cross-validation and label-count
+ablations, identity accuracy of a segmented and identified video.
 
 Every score comes with a chance level computed the same way on mismatched
 labels, and splits are by time block (consecutive labelled frames), never
@@ -124,6 +124,97 @@ def run_evaluate_segnet(labels, video=None, folds: int = 5, n_frames: int = 40,
     return table
 
 
+
+# --------------------------------------------------------------------------- pose
+
+
+def run_evaluate_pose(labels, model: str = "posenet", video=None, folds: int = 5,
+                      label_counts: Sequence[int] = (10, 25, 50), overrides: Iterable[str] = (),
+                      radius: float = 5.0, ablation_folds: int | None = None, cv_out=None, ablation_out=None,
+                      seed: int = 0) -> pd.DataFrame:
+    """k-fold cross-validation and label-count ablation of a pose network (PoseNet or LEAP).
+
+    The labelled frames, in time order (frame index, then image name), are
+    cut into ``folds`` contiguous blocks. Per fold the network is trained
+    (:func:`~sipec_models.training.pose.train_pose`) on the other blocks (all
+    their frames: the cross-validation rows, ``full``) and on random subsets
+    of ``label_counts`` of their frames (the ablation rows; only in the
+    first ``ablation_folds`` folds when given, to save time), and predicts the
+    held-out block top-down from crops centred on the box of each animal's
+    labelled keypoints (the centre ``train_pose`` trains on; it uses the test
+    labels to place the crop, so detection errors are left out of the score).
+
+    Scores per row: RMSE and median error (frame px), PCK at ``radius`` px,
+    and the chance level: the same scores of the mean-pose baseline
+    (:func:`~sipec_models.metrics.mean_pose_baseline`: the training frames'
+    mean keypoint offsets from the crop centre), ``chance`` being its PCK.
+
+    Writes ``cv_out`` (CSV: model, fold, n_train (labelled frames),
+    n_test_frames, n_test (animals), rmse, median, pck, chance, chance_rmse,
+    chance_median, train_s) and ``ablation_out`` (the
+    same for every label count, ``full`` marking the cross-validation rows).
+
+    Returns:
+        The ablation table.
+    """
+    from sipec_models.metrics import mean_pose_baseline, pck, pose_median_error, pose_rmse
+    from sipec_models.pose import PosePredictor, box_centres
+    from sipec_models.training.config import load_model_config
+    from sipec_models.training.pose import MODELS, load_pose_training_data, train_pose
+
+    if model not in MODELS:
+        raise ValueError(f"pose model must be one of {MODELS}, not {model!r}")
+    cfg = load_model_config(model, list(overrides))
+    kl, images, keypoints = load_pose_training_data(labels, video, gray=not bool(cfg.data.get("rgb", False)))
+    order = sorted(range(len(kl.frames)),
+                   key=lambda i: (kl.frames[i].frame if kl.frames[i].frame is not None else -1,
+                                  kl.frames[i].image or ""))
+    images, keypoints = images[order], keypoints[order]
+    centres = box_centres(keypoints)  # (F, A, 2), NaN for empty slots
+    rng = np.random.default_rng(seed)
+    rows = []
+    test_folds = time_block_folds(len(images), folds)
+    for f, test in enumerate(test_folds):
+        train = np.setdiff1d(np.arange(len(images)), test)
+        # Test instances: every labelled animal of the held-out frames.
+        fi, ai = np.nonzero(np.isfinite(keypoints[test]).all(-1).any(-1))
+        truth, test_centres = keypoints[test][fi, ai], centres[test][fi, ai]
+        counts = label_counts if ablation_folds is None or f < ablation_folds else ()
+        sizes = sorted({c for c in counts if c < len(train)} | {len(train)})
+        for size in sizes:
+            subset = train if size == len(train) else np.sort(rng.choice(train, size, replace=False))
+            t0 = time.perf_counter()
+            net = train_pose(images[subset], keypoints[subset], cfg, model=model,
+                             flip_pairs=kl.skeleton.flip_pairs, node_names=kl.skeleton.nodes)
+            train_s = time.perf_counter() - t0
+            pred, _ = PosePredictor(net, device="cpu").predict(images[test], test_centres, fi)
+            tk, tc = keypoints[subset].reshape(-1, *keypoints.shape[-2:]), centres[subset].reshape(-1, 2)
+            labelled = np.isfinite(tc).all(-1)
+            base = mean_pose_baseline(tk[labelled], len(truth), tc[labelled], test_centres)
+            rows.append({"model": model, "fold": f, "n_train": int(size), "n_test_frames": int(len(test)),
+                         "n_test": int(len(truth)),
+                         "full": size == len(train), "rmse": pose_rmse(pred, truth),
+                         "median": pose_median_error(pred, truth), "pck": pck(pred, truth, radius),
+                         "chance": pck(base, truth, radius), "chance_rmse": pose_rmse(base, truth),
+                         "chance_median": pose_median_error(base, truth), "train_s": round(train_s, 1)})
+            r = rows[-1]
+            log.info("%s fold %d/%d, %d labelled frames: RMSE %.2f px, median %.2f px, PCK@%g %.3f "
+                     "(mean pose: %.3f), trained in %.0f s", model, f + 1, len(test_folds), size, r["rmse"],
+                     r["median"], radius, r["pck"], r["chance"], train_s)
+    table = pd.DataFrame(rows)
+    cv = table[table["full"]].drop(columns="full")
+    summary = ablation_summary(table, "pck")
+    log.info("%s cross-validation: RMSE %.2f ± %.2f px, median %.2f ± %.2f px, PCK@%g %.3f (mean pose %.3f; "
+             "mean ± s.e.m. over %d folds); 95%% of peak PCK with %s labelled frames", model, cv["rmse"].mean(),
+             _sem(cv["rmse"]), cv["median"].mean(), _sem(cv["median"]), radius, cv["pck"].mean(),
+             cv["chance"].mean(), len(cv), summary["frames_for_95"])
+    if cv_out:
+        _write_csv(cv, cv_out)
+    if ablation_out:
+        _write_csv(table, ablation_out)
+    return table
+
+
 def _sem(x) -> float:
     x = np.asarray(x, float)
     return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
@@ -138,32 +229,50 @@ def ablation_summary(table: pd.DataFrame, score: str = "ap") -> dict:
             "frames_for_95": int(reach.index.min()) if len(reach) else None}
 
 
-def ablation_figure(table: pd.DataFrame, path, title: str, xlabel: str, score: str = "ap") -> None:
-    """Score against training labels: folds as dots, mean line, 95 % of peak, chance."""
+def ablation_figure(table: pd.DataFrame, path, title: str, xlabel: str, score: str = "ap",
+                    ylabel: str | None = None) -> None:
+    """Score against training labels: folds as dots, mean line, 95 % of peak, chance.
+
+    With a ``model`` column, one curve (and one 95 % line) per model.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    summary = ablation_summary(table, score)
-    means = pd.Series(summary["means"])
+    groups = list(table.groupby("model", sort=False)) if "model" in table else [(None, table)]
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
-    ax.scatter(table["n_train"], table[score], s=14, color="0.3", alpha=0.7, label="folds")
-    ax.plot(means.index, means.values, "-o", color="C0", label="mean")
-    ax.axhline(0.95 * summary["peak"], ls="--", color="C1", lw=1, label="95 % of peak")
+    for c, (name, t) in enumerate(groups):
+        summary = ablation_summary(t, score)
+        means = pd.Series(summary["means"])
+        label = "mean" if name is None else str(name)
+        ax.scatter(t["n_train"], t[score], s=14, color=f"C{c}" if name else "0.3", alpha=0.5,
+                   label="folds" if name is None else None)
+        ax.plot(means.index, means.values, "-o", color=f"C{c}", label=label)
+        ax.axhline(0.95 * summary["peak"], ls="--", color=f"C{c}" if name else "C1", lw=0.8,
+                   label="95 % of peak" if name is None else None)
+        if summary["frames_for_95"] is not None:
+            ax.axvline(summary["frames_for_95"], ls=":", color=f"C{c}" if name else "C1", lw=1,
+                       label=None if name is None else f"{name}: 95 % of peak at {summary['frames_for_95']}")
     chance = table.groupby("n_train")["chance"].mean()
     ax.plot(chance.index, chance.values, "-", color="0.6", label="chance")
-    if summary["frames_for_95"] is not None:
-        ax.axvline(summary["frames_for_95"], ls=":", color="C1", lw=1)
     ax.set_xscale("log", base=2)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel(score.upper() if score == "ap" else score)
+    ax.set_ylabel(ylabel or (score.upper() if score == "ap" else score))
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     _save_atomic(fig, path)
     plt.close(fig)
+
+
+def pose_ablation_figure(tables: Sequence, path, radius: float = 5.0) -> pd.DataFrame:
+    """PCK against labelled frames for the pose models of ``tables`` (ablation CSVs or frames), one figure."""
+    table = pd.concat([t if isinstance(t, pd.DataFrame) else pd.read_csv(t) for t in tables], ignore_index=True)
+    ablation_figure(table, path, "Pose: PCK on held-out time blocks", "labelled training frames", "pck",
+                    f"PCK@{radius:g} px")
+    return table
 
 
 def _save_atomic(fig, path) -> None:

@@ -191,3 +191,37 @@ def test_a_configured_checkpoint_skips_training(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:]
     assert "rule train_pose" not in result.stdout and "train_pose" not in result.stdout
     assert "export_pose" in result.stdout
+
+
+def test_pose_evaluation_rules_write_cv_ablation_and_figure(tmp_path):
+    """`evaluate`'s pose part: one k-fold job per network, the ablation rows, and the figure (plumbing: 3 steps)."""
+    config = {**SMALL_DEMO, "pose": {"enabled": False, "labels": LABELS},
+              "evaluation": {"folds": 2, "pose_models": {"leap": TINY_LEAP}, "pose_label_counts": [3], "pose_ablation_folds": 1,
+                             "identity_truth": {}}}
+    workdir = write_workdir(tmp_path, config)
+    result = run_snakemake(workdir, "--cores", "2", "results/evaluation/pose_ablation.png")
+    assert result.returncode == 0, result.stdout[-8000:]
+    evaluation = workdir / "results/evaluation"
+    cv, ablation = pd.read_csv(evaluation / "pose_leap_cv.csv"), pd.read_csv(evaluation / "pose_leap_ablation.csv")
+    n_labelled = len(load_keypoints(workdir / LABELS).frames)
+    assert cv["fold"].tolist() == [0, 1] and (cv["model"] == "leap").all()
+    # Two contiguous time blocks: each frame is tested once, trained on the other block.
+    assert cv["n_train"].sum() == n_labelled and sorted(cv["n_train"]) == sorted(cv["n_test_frames"])
+    assert ablation.groupby("fold")["n_train"].apply(list).tolist() == [[3, cv["n_train"][0]], [cv["n_train"][1]]]
+    assert ablation["full"].tolist() == [False, True, True]  # the ablation subset in fold 0 only
+    for col in ("rmse", "median", "chance_rmse", "chance_median"):
+        assert (ablation[col] > 0).all() and np.isfinite(ablation[col]).all()
+    assert ablation[["pck", "chance"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (evaluation / "pose_ablation.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("evaluation,pose,message", [
+    ({"pose_models": {"leap": []}}, {"labels": None}, "evaluation.pose_models is set but pose.labels"),
+    ({"pose_models": {"hrnet": []}}, {"labels": LABELS}, "hrnet"),
+    ({"pose_models": {"leap": []}}, {"labels": "labels/missing.slp"}, "pose.labels: labels/missing.slp: file does"),
+])
+def test_bad_pose_evaluation_config_stops_before_any_job(tmp_path, evaluation, pose, message):
+    config = {**SMALL_DEMO, "pose": pose, "evaluation": evaluation}
+    result = run_snakemake(write_workdir(tmp_path, config), "--cores", "1", "--dry-run", "evaluate")
+    assert result.returncode != 0
+    assert message in result.stdout, result.stdout[-3000:]

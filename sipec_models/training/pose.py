@@ -295,6 +295,44 @@ def load_pose(path: str | os.PathLike, device: str | torch.device | None = None)
     return model.to(device or "cpu").eval()
 
 
+
+def load_pose_training_data(labels: str | os.PathLike, video: str | os.PathLike | None = None,
+                            frames: Sequence[int] | None = None, gray: bool = True):
+    """Labelled frames with at least one labelled animal, their pixels and keypoints.
+
+    Args:
+        labels: anything :func:`~sipec_models.io.keypoints.load_keypoints` reads.
+        video: the video of labelled frames without an image file (labels of one video only).
+        frames: ``[start, stop)``: only labelled frames whose frame index is in this range.
+        gray: ``(N, H, W)`` grey images, else ``(N, H, W, 3)`` RGB.
+
+    Returns:
+        ``(labels, images, keypoints)``: the :class:`KeypointLabels` holding
+        only the kept frames (in file order), ``(N, H, W[, 3])`` uint8 images
+        and ``(N, A, K, 2)`` keypoints, frame px, NaN unlabelled.
+
+    Raises:
+        ValueError: naming ``labels``: no labelled animal (in ``frames``),
+            labels of several videos with ``video``.
+    """
+    from sipec_models.io.keypoints import load_keypoints, read_pose_images
+
+    kl = load_keypoints(labels, video=video)
+    if video is not None:
+        videos = {f.video for f in kl.frames if f.image is None}
+        if len(videos) > 1:
+            raise ValueError(f"{labels}: labels of {len(videos)} videos; `video` can only stand for one")
+        for f in kl.frames:
+            if f.image is None:
+                f.video = str(video)
+    kept = [f for f in kl.frames if np.isfinite(f.points).all(-1).any()
+            and (frames is None or (f.frame is not None and frames[0] <= f.frame < frames[1]))]
+    if not kept:
+        raise ValueError(f"{labels}: no labelled animals" + (f" in frames {list(frames)}" if frames else ""))
+    kl.frames = kept
+    return kl, read_pose_images(kl, gray=gray), kl.points_by_track()
+
+
 def run_train_pose(labels: str | os.PathLike, out: str | os.PathLike, model: str = "posenet",
                    video: str | os.PathLike | None = None, overrides: Iterable[str] = (),
                    frames: Sequence[int] | None = None, metrics_out: str | os.PathLike | None = None,
@@ -320,26 +358,12 @@ def run_train_pose(labels: str | os.PathLike, out: str | os.PathLike, model: str
         ValueError: naming ``labels``: unknown model, unreadable labels, no
             labelled animal (in ``frames``), labels of several videos with ``video``.
     """
-    from sipec_models.io.keypoints import load_keypoints, read_pose_images
-
     if model not in MODELS:
         raise ValueError(f"pose model must be one of {MODELS}, not {model!r}")
     cfg = load_model_config(model, overrides)
-    kl = load_keypoints(labels, video=video)
-    if video is not None:
-        videos = {f.video for f in kl.frames if f.image is None}
-        if len(videos) > 1:
-            raise ValueError(f"{labels}: labels of {len(videos)} videos; `video` can only stand for one")
-        for f in kl.frames:
-            if f.image is None:
-                f.video = str(video)
-    kept = [f for f in kl.frames if np.isfinite(f.points).all(-1).any()
-            and (frames is None or (f.frame is not None and frames[0] <= f.frame < frames[1]))]
-    if not kept:
-        raise ValueError(f"{labels}: no labelled animals" + (f" in frames {list(frames)}" if frames else ""))
-    kl.frames = kept
-    images = read_pose_images(kl, gray=not bool(cfg.data.get("rgb", False)))
-    keypoints = kl.points_by_track()
+    gray = not bool(cfg.data.get("rgb", False))
+    kl, images, keypoints = load_pose_training_data(labels, video, frames, gray=gray)
+    kept = kl.frames
     t0 = time.perf_counter()
     net = train_pose(images, keypoints, cfg, model=model, flip_pairs=kl.skeleton.flip_pairs,
                      node_names=kl.skeleton.nodes, progress=progress)

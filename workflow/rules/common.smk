@@ -50,18 +50,20 @@ if IDENT["enabled"] and not IDENT["model"]:
         if not Path(_entry["labels"]).exists() and Path(_entry["labels"]) not in DEMO_TRUTH:
             _config_error(f"identification.labels: {_entry['labels']}: file does not exist")
 
-if POSE["enabled"]:
-    if not POSE["checkpoint"] and not POSE["labels"]:
-        _config_error("pose.enabled is true but neither pose.checkpoint (a trained pose model) nor pose.labels "
-                      "(SLEAP or DeepLabCut keypoint labels to train one) is set")
-    if POSE["checkpoint"] and not Path(POSE["checkpoint"]).is_file():
-        _config_error(f"pose.checkpoint: {POSE['checkpoint']}: file does not exist")
-    if not POSE["checkpoint"]:
-        if not Path(POSE["labels"]).exists() and Path(POSE["labels"]) not in DEMO_TRUTH:
-            _config_error(f"pose.labels: {POSE['labels']}: file does not exist")
-        if POSE["video"] and POSE["video"] not in VIDEOS.index and not Path(POSE["video"]).is_file():
-            _config_error(f"pose.video: {POSE['video']!r} is neither a video id of {config['videos']} "
-                          f"(ids: {', '.join(VIDEO_IDS)}) nor an existing file")
+_POSE_TRAINS = POSE["enabled"] and not POSE["checkpoint"]
+if config["evaluation"]["pose_models"] and not POSE["labels"]:
+    _config_error("evaluation.pose_models is set but pose.labels (the keypoint labels to cross-validate on) is not")
+if POSE["enabled"] and not POSE["checkpoint"] and not POSE["labels"]:
+    _config_error("pose.enabled is true but neither pose.checkpoint (a trained pose model) nor pose.labels "
+                  "(SLEAP or DeepLabCut keypoint labels to train one) is set")
+if POSE["enabled"] and POSE["checkpoint"] and not Path(POSE["checkpoint"]).is_file():
+    _config_error(f"pose.checkpoint: {POSE['checkpoint']}: file does not exist")
+if _POSE_TRAINS or config["evaluation"]["pose_models"]:
+    if not Path(POSE["labels"]).exists() and Path(POSE["labels"]) not in DEMO_TRUTH:
+        _config_error(f"pose.labels: {POSE['labels']}: file does not exist")
+    if POSE["video"] and POSE["video"] not in VIDEOS.index and not Path(POSE["video"]).is_file():
+        _config_error(f"pose.video: {POSE['video']!r} is neither a video id of {config['videos']} "
+                      f"(ids: {', '.join(VIDEO_IDS)}) nor an existing file")
 
 SEGNET_MODEL = Path(SEG["segnet"]["model"]) if SEG["segnet"]["model"] else MODELS / "segnet.pt"
 IDNET_MODEL = Path(IDENT["model"]) if IDENT["model"] else MODELS / "idnet.pt"

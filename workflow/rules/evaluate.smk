@@ -39,6 +39,50 @@ if SEG["segnet"]["labels"]:
             "--cv {output.cv:q} --ablation {output.ablation:q} --figure {output.figure:q} > {log} 2>&1"
 
 
+if EVAL["pose_models"]:
+    EVAL_TARGETS += [EVALUATION / f"pose_{m}_cv.csv" for m in EVAL["pose_models"]]
+    EVAL_TARGETS.append(EVALUATION / "pose_ablation.png")
+
+    rule evaluate_pose:
+        input:
+            labels=POSE["labels"],
+            video=[resolve_video(POSE["video"])] if POSE["video"] else [],
+        output:
+            cv=EVALUATION / "pose_{model}_cv.csv",
+            ablation=report(
+                EVALUATION / "pose_{model}_ablation.csv",
+                caption="../report/pose_ablation_table.rst",
+                category="Evaluation",
+                subcategory="Pose",
+            ),
+        wildcard_constraints:
+            model="|".join(EVAL["pose_models"]),
+        params:
+            video=lambda wc, input: f"--video '{input.video[0]}'" if input.video else "",
+            counts=" ".join(map(str, EVAL["pose_label_counts"])),
+            ablation_folds=(f"--ablation-folds {EVAL['pose_ablation_folds']}" if EVAL["pose_ablation_folds"]
+                            else ""),
+            overrides=lambda wc: " ".join(f"'{o}'" for o in EVAL["pose_models"][wc.model]),
+        threads: 1
+        log:
+            "logs/evaluate/pose_{model}.log",
+        shell:
+            "sipec evaluate-pose --labels {input.labels:q} --model {wildcards.model} {params.video} "
+            "--folds {EVAL[folds]} --label-counts {params.counts} --radius {EVAL[pose_radius]} "
+            "{params.ablation_folds} --overrides {params.overrides} --cv {output.cv:q} --ablation {output.ablation:q} > {log} 2>&1"
+
+    rule pose_ablation_figure:
+        input:
+            [EVALUATION / f"pose_{m}_ablation.csv" for m in EVAL["pose_models"]],
+        output:
+            report(EVALUATION / "pose_ablation.png", caption="../report/pose_ablation.rst", category="Evaluation",
+                   subcategory="Pose"),
+        log:
+            "logs/evaluate/pose_ablation_figure.log",
+        shell:
+            "sipec pose-ablation-figure {input:q} --radius {EVAL[pose_radius]} --figure {output:q} > {log} 2>&1"
+
+
 if IDENT["enabled"] and EVAL["identity_truth"]:
     EVAL_TARGETS += [EVALUATION / f"identity_{v}.json" for v in EVAL["identity_truth"]]
 
