@@ -10,6 +10,10 @@ BIN := $(VENV)/bin
 export PATH := $(abspath $(BIN)):$(PATH)
 CORES ?= all
 PYTEST_ARGS ?=
+# An experiment config laid over config/config.yaml, e.g. make evaluate CONFIGFILE=config/dlc_openfield.yaml
+CONFIGFILE ?=
+REPORT ?= $(if $(CONFIGFILE),results/$(basename $(notdir $(CONFIGFILE)))/report.html,results/report.html)
+SMK_CONFIG := $(if $(CONFIGFILE),--configfile $(CONFIGFILE))
 
 .PHONY: setup demo evaluate report test bench clean-results
 
@@ -28,8 +32,8 @@ demo: setup
 	@echo "Per-animal tables: results/<video>/animals.csv; cohort summary: results/cohort_summary.csv; report: results/report.html"
 
 evaluate: setup
-	snakemake --profile profiles/local --cores $(CORES) evaluate
-	snakemake --profile profiles/local --cores $(CORES) --report results/report.html all evaluate
+	snakemake --profile profiles/local --cores $(CORES) evaluate $(SMK_CONFIG)
+	snakemake --profile profiles/local --cores $(CORES) --report $(REPORT) all evaluate $(SMK_CONFIG)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

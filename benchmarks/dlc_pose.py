@@ -54,23 +54,29 @@ Protocol:
    labelled frames, 95 % of the peak marked) to ``--figure``; the full
    training set is the last point.
 
-Defaults (``DEFAULTS``; chosen for accuracy within about 25 min for 2
-models x 5 folds on a shared 2-core CPU, one torch thread): 96 px crops at
-scale 0.5 (a crop covers 192 frame px: every keypoint stays inside with
-the oracle centre, at most 69 px from it per axis; with the classical
-centre 2.4 % of the keypoints fall outside, up to 145 px away; the mouse
-spans about 60 crop px), batch 8, mirror flips
-with left/right ear swap for both. PoseNet: 128 deconvolution filters (a
-quarter of the cost of Simple Baselines' 256), 400 steps (about 0.45 s a
-step; 300 -> 400 steps moved fold 2 only from 4.6 to 4.3 px median, and a
-sigma of 4 px instead of 8 did not help). LEAP: width 0.25 (16 / 32 / 64
-filters instead of LEAP's 64 / 128 / 256: about 0.22 s a step; width 0.5
-stayed on the all-zero plateau after 200 steps), 600 steps (400 -> 600
-steps moved fold 2 from 3.8 to 2.1 px median), Gaussian sigma 3 px (LEAP's
-5 px at 192 px boxes, scaled to the crop). One fold (both models,
-training, prediction, speed) took 5.0 min with 1 thread on the shared
-machine. The step counts differ because the budget is shared: each model
-gets what helps it most.
+Defaults (``DEFAULTS``, the same as ``evaluation.pose_models`` in
+``config/dlc_openfield.yaml``; the mouse spans about 100-145 frame px and
+its keypoints lie within 72 px of their box centre): both crops cover 192
+frame px, batch 8, mirror flips with left/right ear swap.
+
+* PoseNet: 128 px crops at scale 2/3 (stride-4 heatmaps: 6 frame px a
+  cell), 128 deconvolution filters (a quarter of the cost of Simple
+  Baselines' 256), 800 steps. On fold 2: 96 px crops at scale 0.5 and 400
+  steps gave 4.3 px median; 128 px at 2/3 with 400 steps 3.96 px; with 800
+  steps 2.76 px (about 340 s with 2 threads).
+* LEAP: 64 px crops at scale 1/3 (stride-1 maps: 3 frame px a cell), a
+  quarter of LEAP's filters (16 / 32 / 64; width 0.5 stayed on the
+  all-zero plateau, an eighth confused the ears: 5.7 px median), 1500
+  steps, Gaussian sigma 2 crop px (LEAP's 5 px at 192 px boxes, scaled to
+  the 64 px crop). On fold 2: 1.84 px median (about 100 s with 2 threads);
+  96 px crops at scale 0.5 with 600 steps gave 2.06 px at a third of the
+  speed.
+
+The step counts differ because each model gets what its accuracy needs
+within a CPU budget.
+
+``--speed-only`` times the untrained networks of these configs (speed does
+not depend on the weights) and skips training: a minute.
 
 Run from the repository root (about 25 min on 2 shared CPU cores)::
 
@@ -113,10 +119,12 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dlc_ope
 MODELS = ("posenet", "leap")
 RADII = (2.0, 5.0, 10.0)
 BODY = (0, 3)  # snout, tailbase
-COMMON = ["data.crop_size=96", "data.scale=0.5", "train.batch_size=8", "infer.batch_size=16"]
+COMMON = ["train.batch_size=8", "infer.batch_size=16"]
 DEFAULTS = {
-    "posenet": [*COMMON, "model.deconv_channels=128", "train.max_steps=400"],
-    "leap": [*COMMON, "model.width_mult=0.25", "train.max_steps=600", "train.sigma_px=3", "augment.hflip=0.5"],
+    "posenet": [*COMMON, "data.crop_size=128", "data.scale=0.6667", "model.deconv_channels=128",
+                "train.max_steps=800"],
+    "leap": [*COMMON, "data.crop_size=64", "data.scale=0.3333", "model.width_mult=0.25", "train.max_steps=1500",
+             "train.sigma_px=2", "augment.hflip=0.5"],
 }
 
 
@@ -205,6 +213,9 @@ def main(argv=None) -> int:
                     help="torch CPU threads (training and speed; default 1: on a shared 2-core machine 2 threads "
                          "ran up to 10x slower)")
     ap.add_argument("--speed-batch", type=int, default=16, help="crops per timed batch (0: skip the timing)")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="only time the (untrained) networks of the configs; no training, no scores")
+    ap.add_argument("--repeats", type=int, default=5, help="--speed-only: timings per model (median reported)")
     ap.add_argument("--label-counts", type=int, nargs="*", default=[], help="ablation: training-frame counts")
     ap.add_argument("--ablation-folds", type=int, help="run the ablation on the first N folds only")
     ap.add_argument("--ablation-radius", type=float, default=5.0, help="PCK radius (px) of the ablation score")
@@ -232,6 +243,8 @@ def main(argv=None) -> int:
     seg_cfg = None
     if "classical" in args.centres or args.train_centres == "classical":
         centres["classical"], seg_cfg = classical_centres(images)
+    if args.speed_only:
+        return speed_only(args, cfgs, images, centres["oracle"], len(nodes))
     folds = time_block_folds(len(frames), args.folds)
     run_folds = args.only_folds if args.only_folds is not None else list(range(len(folds)))
     if any(not 0 <= f < len(folds) for f in run_folds):
@@ -330,6 +343,39 @@ def main(argv=None) -> int:
                             "labelled training frames", "pck", f"PCK@{args.ablation_radius:g} px")
     result["total_s"] = time.perf_counter() - t_start
     print_table(result, args)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def speed_only(args, cfgs: dict, images: np.ndarray, centres: np.ndarray, n_keypoints: int) -> int:
+    """Time untrained networks of the configs, alternating models ``--repeats`` times; print medians and ratio."""
+    from sipec_models.training.pose import build_pose_model
+
+    nets = {}
+    for model, cfg in cfgs.items():
+        net = build_pose_model(cfg, n_keypoints, pretrained=False).eval()
+        net.config, net.node_names, net.flip_pairs = cfg, [str(k) for k in range(n_keypoints)], []
+        nets[model] = net
+    runs = {m: [] for m in nets}
+    for _ in range(args.repeats):
+        for model, net in nets.items():  # alternating, so both see the same machine load
+            runs[model].append(speed(net, images, centres, args.speed_batch))
+    result = {"threads": args.threads, "batch": args.speed_batch, "repeats": args.repeats, "models": {}}
+    for model, rs in runs.items():
+        net_s = [r["network_crops_per_s"] for r in rs]
+        all_s = [r["with_cropping_crops_per_s"] for r in rs]
+        result["models"][model] = {"crop_size": rs[0]["crop_size"], "network_crops_per_s": float(np.median(net_s)),
+                                   "with_cropping_crops_per_s": float(np.median(all_s)), "runs": net_s}
+        print(f"speed {model:<8} {np.median(net_s):7.1f} crops/s network (median of {len(rs)}; "
+              f"{rs[0]['crop_size']} px crops, batch {args.speed_batch}, {args.threads} threads), "
+              f"{np.median(all_s):.1f} with cropping")
+    if {"posenet", "leap"} <= set(runs):
+        ratios = [q["network_crops_per_s"] / p["network_crops_per_s"] for p, q in zip(runs["posenet"], runs["leap"])]
+        result["speed_leap_over_posenet"] = float(np.median(ratios))
+        print(f"ratio LEAP / PoseNet network speed: median {np.median(ratios):.2f} over {len(ratios)} paired runs "
+              f"(range {min(ratios):.2f}-{max(ratios):.2f})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

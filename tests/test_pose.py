@@ -569,3 +569,23 @@ def test_short_training_beats_the_mean_pose(tmp_path, model, overrides):
     with pytest.raises(ValueError, match="not a pose checkpoint"):
         torch.save({"format": "other"}, tmp_path / "x.pt")
         load_pose(tmp_path / "x.pt")
+
+
+def test_collapsed_training_restarts_from_the_next_seed(caplog):
+    """A run whose peaks stay below train.min_peak is repeated with seed + 1, up to train.restarts times."""
+    from sipec_models.training.pose import train_pose
+
+    images, kps = _synthetic(8, seed=0)
+    tiny = [*TINY, "data.crop_size=48", "train.max_steps=2", "model.width_mult=0.125", "train.restarts=1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
+        with caplog.at_level(logging.WARNING, logger="sipec_models.training.pose"):
+            net = train_pose(images, kps, load_model_config("leap", [*tiny, "train.min_peak=1.01"]))  # impossible
+        assert net.training_seed == 1 and 0 <= net.training_peak < 1.01
+        assert "collapsed" in caplog.text and "restarting with the next seed" in caplog.text
+        assert "no restarts left" in caplog.text
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="sipec_models.training.pose"):
+            net = train_pose(images, kps, load_model_config("leap", [*tiny, "train.min_peak=0"]))
+        assert net.training_seed == 0 and "collapsed" not in caplog.text

@@ -27,6 +27,7 @@ and training summary out).
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -46,6 +47,8 @@ from sipec_models.training.config import load_model_config, save_checkpoint, to_
 #: Checkpoint format tag.
 FORMAT = "sipec-pose-1"
 #: Pose network families and their config names.
+log = logging.getLogger(__name__)
+
 MODELS = ("posenet", "leap")
 
 
@@ -215,7 +218,10 @@ def train_pose(images: np.ndarray, keypoints: np.ndarray, cfg: DictConfig | Mapp
     Returns:
         The trained network in eval mode on the CPU, with attributes
         ``config`` (plain dict), ``history`` (per-step losses),
-        ``node_names``, ``flip_pairs``.
+        ``node_names``, ``flip_pairs``, ``training_seed`` and
+        ``training_peak`` (median peak confidence on its training crops).
+        A run that collapsed (``training_peak < train.min_peak``) is
+        repeated from the next seed up to ``train.restarts`` times.
     """
     from sipec_models.pose import match_channels
 
@@ -229,27 +235,67 @@ def train_pose(images: np.ndarray, keypoints: np.ndarray, cfg: DictConfig | Mapp
     K = kp.shape[-2]
     if node_names is not None and len(node_names) != K:
         raise ValueError(f"{len(node_names)} node names for {K} keypoints")
-    import pytorch_lightning as pl
-
-    pl.seed_everything(int(t["seed"]), workers=True, verbose=False)
     images = match_channels(images, bool(d.get("rgb", False)))
     crops, pts, _ = prepare_pose_crops(images, kp, training_crop_size(cfg), float(d["scale"]), centres)
     if not len(crops):
         raise ValueError("no labelled animals to train on (every animal's keypoints are NaN)")
+    restarts, min_peak = int(t.get("restarts", 0)), float(t.get("min_peak", 0.0))
+    for attempt in range(restarts + 1):
+        seed = int(t["seed"]) + attempt
+        module = _fit_pose(cfg, crops, pts, K, flip_pairs, seed, progress)
+        peak = _median_peak(module.net, cfg, crops)
+        if peak >= min_peak:
+            break
+        log.warning("%s training (seed %d) collapsed: median peak confidence %.3f on its own training crops "
+                    "(< train.min_peak %.3f)%s", cfg["model"]["name"], seed, peak, min_peak,
+                    "; restarting with the next seed" if attempt < restarts else "; no restarts left")
+    net = module.net.cpu().eval()
+    net.config = cfg
+    net.history = module.history
+    net.training_seed, net.training_peak = seed, peak
+    net.node_names = list(node_names) if node_names is not None else [f"node{k}" for k in range(K)]
+    net.flip_pairs = [tuple(map(int, p)) for p in flip_pairs]
+    return net
+
+
+
+def _fit_pose(cfg: Mapping[str, Any], crops: np.ndarray, pts: np.ndarray, K: int, flip_pairs, seed: int,
+              progress: bool):
+    """One training run (Lightning) from seed ``seed``; returns the module (its ``net`` and ``history``)."""
+    import pytorch_lightning as pl
+
+    t = cfg["train"]
+    pl.seed_everything(seed, workers=True, verbose=False)
     steps, bs = int(t["max_steps"]), int(t["batch_size"])
-    data = PoseCropDataset(crops, pts, steps * bs, int(t["seed"]))
+    data = PoseCropDataset(crops, pts, steps * bs, seed)
     loader = torch.utils.data.DataLoader(data, batch_size=bs, shuffle=False, num_workers=0)
     module = make_pose_module()(cfg, K, list(flip_pairs))
     trainer = pl.Trainer(max_steps=steps, max_epochs=-1, accelerator="auto", devices=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=progress, enable_model_summary=False,
                          num_sanity_val_steps=0, deterministic=False)
     trainer.fit(module, loader)
-    net = module.net.cpu().eval()
+    return module
+
+
+@torch.inference_mode()
+def _median_peak(net: torch.nn.Module, cfg: Mapping[str, Any], crops: np.ndarray, n: int = 64) -> float:
+    """Median peak confidence of the keypoints on the centres of (up to ``n``) ``(M, C, side, side)`` training crops.
+
+    A network stuck on the all-zero plateau (seen with LEAP's mean-squared
+    error on small Gaussians) has peaks near 0 everywhere.
+    """
+    from sipec_models.pose import PosePredictor
+
+    S = int(cfg["data"]["crop_size"])
+    o = (crops.shape[-1] - S) // 2  # crops (M, C, side, side) uint8
+    sel = crops[np.linspace(0, len(crops) - 1, min(n, len(crops))).astype(int), :, o:o + S, o:o + S]
+    x = torch.from_numpy(np.ascontiguousarray(sel)).float() / 255.0
+    was_training = net.training
     net.config = cfg
-    net.history = module.history
-    net.node_names = list(node_names) if node_names is not None else [f"node{k}" for k in range(K)]
-    net.flip_pairs = [tuple(map(int, p)) for p in flip_pairs]
-    return net
+    net.cpu().eval()
+    _, conf = PosePredictor(net, device="cpu").predict_crops(x)
+    net.train(was_training)
+    return float(np.median(conf)) if conf.size else 0.0
 
 
 def save_pose(model: torch.nn.Module, path: str | os.PathLike, meta: Mapping[str, Any] | None = None) -> None:
