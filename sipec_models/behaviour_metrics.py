@@ -102,8 +102,7 @@ def classification_scores(y_true: np.ndarray, y_pred: np.ndarray, y_prob: np.nda
     if not len(y_true):
         raise ValueError("no frames to score")
     scores = y_pred if y_prob is None else y_prob
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, average=None, labels=np.arange(len(names)), zero_division=0)
+    precision, recall, f1, support = _per_column(y_true, y_pred)
     per = {}
     for c, name in enumerate(names):
         auroc = None
@@ -125,9 +124,24 @@ def classification_scores(y_true: np.ndarray, y_pred: np.ndarray, y_prob: np.nda
     }
 
 
+def _per_column(y_true: np.ndarray, y_pred: np.ndarray):
+    """Precision, recall, F1 and support ``(C,)`` of each column of ``(T, C)`` 0/1 arrays, scored on its 1s.
+
+    Column by column, so that one column (``C = 1``) is not read by
+    scikit-learn as binary labels whose classes 0 and 1 are both scored.
+    """
+    out = np.zeros((4, y_true.shape[1]))
+    for c in range(y_true.shape[1]):
+        p, r, f, _ = precision_recall_fscore_support(y_true[:, c], y_pred[:, c], average="binary", pos_label=1,
+                                                     zero_division=0)
+        out[:, c] = p, r, f, int(y_true[:, c].sum())
+    return out[0], out[1], out[2], out[3].astype(int)
+
+
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Macro F1 of ``(T, C)`` 0/1 arrays (F1 of a behaviour without true or called frames: 0)."""
-    return float(f1_score(np.asarray(y_true), np.asarray(y_pred), average="macro", zero_division=0))
+    y_true, y_pred = _binary_2d(y_true, "y_true"), _binary_2d(y_pred, "y_pred")
+    return float(np.mean(_per_column(y_true, y_pred)[2]))
 
 
 def _shift_offsets(n: int, min_shift_fraction: float) -> tuple[int, int]:

@@ -273,3 +273,15 @@ def test_circular_shift_offsets_stay_in_range_and_in_video():
     assert min(seen) >= 20 and max(seen) <= 80 and len(set(seen)) > 5
     with pytest.raises(ValueError, match="too few"):
         circular_shift_chance(y[:1], y[:1], None, score)
+
+
+def test_one_behaviour_column_is_scored_on_its_positive_frames():
+    """A single column (e.g. freezing) is scored on its 1s, not as a two-class problem."""
+    from sipec_models.behaviour_metrics import macro_f1
+
+    y_true = np.array([[1], [1], [0], [0], [0], [0]])
+    y_pred = np.array([[1], [0], [1], [0], [0], [0]])
+    s = classification_scores(y_true, y_pred, None, ["freezing"])["per_behaviour"]["freezing"]
+    # TP 1, FP 1, FN 1: precision = recall = F1 = 0.5, support 2.
+    assert (s["precision"], s["recall"], s["f1"], s["support"]) == (0.5, 0.5, 0.5, 2)
+    assert macro_f1(y_true, y_pred) == 0.5
