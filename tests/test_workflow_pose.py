@@ -225,3 +225,13 @@ def test_bad_pose_evaluation_config_stops_before_any_job(tmp_path, evaluation, p
     result = run_snakemake(write_workdir(tmp_path, config), "--cores", "1", "--dry-run", "evaluate")
     assert result.returncode != 0
     assert message in result.stdout, result.stdout[-3000:]
+
+
+def test_ablation_curve_uses_the_same_folds_at_every_point():
+    from sipec_models.evaluation import comparable_ablation
+
+    table = pd.DataFrame({"model": "leap", "fold": [0, 0, 1, 1, 2], "n_train": [10, 92, 10, 93, 93],
+                          "full": [False, True, False, True, True], "pck": [0.5, 0.9, 0.6, 0.8, 0.1]})
+    t = comparable_ablation(table)
+    assert t["fold"].tolist() == [0, 0, 1, 1] and t["n_train"].tolist() == [10, 92, 10, 92]
+    assert comparable_ablation(table[table["full"]]).equals(table[table["full"]])  # no ablation: unchanged
