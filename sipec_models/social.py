@@ -33,7 +33,7 @@ import pandas as pd
 from scipy import ndimage
 from tqdm import tqdm
 
-from sipec_models.inference.ingest import load_plan, load_probe
+from sipec_models.inference.ingest import load_probe, plan_chunk
 from sipec_models.io.store import Field, open_store, provenance, write_store
 from sipec_models.io.video import iter_frames
 
@@ -202,10 +202,7 @@ def run_social(video, store, probe, plan, chunk: int, options: Mapping[str, Any]
     """
     cfg = SocialConfig.from_dict(options)
     info, checksum = load_probe(probe)
-    chunks = load_plan(plan)["chunks"]
-    if not 0 <= chunk < len(chunks):
-        raise ValueError(f"{plan}: has no chunk {chunk} (it lists {len(chunks)})")
-    start, stop = chunks[chunk]["start"], chunks[chunk]["stop"]
+    start, stop = plan_chunk(plan, chunk)
     group = open_store(store)
     mask = group["mask"][start:stop]
     origin = group["crop_origin"][start:stop]

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sipec_models.inference.ingest import load_plan
+from sipec_models.inference.ingest import plan_chunk
 from sipec_models.io.store import open_store, provenance, spec_field, write_store
 from sipec_models.io.video import probe, read_frames
 from sipec_models.training.idnet import IdNetModel, load_idnet, sequences_from_block
@@ -73,10 +73,7 @@ def run_identify(video, store, plan, chunk: int, model, out, batch_size: int = 6
     """
     model_path = "" if isinstance(model, IdNetModel) else str(model)
     model = model if isinstance(model, IdNetModel) else load_idnet(model, device=device)
-    chunks = load_plan(plan)["chunks"]
-    if not 0 <= chunk < len(chunks):
-        raise ValueError(f"{plan}: has no chunk {chunk} (it lists {len(chunks)})")
-    start, stop = chunks[chunk]["start"], chunks[chunk]["stop"]
+    start, stop = plan_chunk(plan, chunk)
     group = open_store(store)
     n_frames = int(group.attrs["n_frames"])
     if stop > n_frames:

@@ -78,3 +78,15 @@ def run_plan(probe_json: str | os.PathLike, chunk_size: int, out: str | os.PathL
 
 def load_plan(path: str | os.PathLike) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def plan_chunk(plan: str | os.PathLike, chunk: int) -> tuple[int, int]:
+    """Frame range ``[start, stop)`` of chunk ``chunk`` of a chunk plan.
+
+    Raises:
+        ValueError: naming ``plan``: it has no such chunk.
+    """
+    chunks = load_plan(plan)["chunks"]
+    if not 0 <= chunk < len(chunks):
+        raise ValueError(f"{plan}: has no chunk {chunk} (it lists {len(chunks)})")
+    return int(chunks[chunk]["start"]), int(chunks[chunk]["stop"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sipec_models.inference.ingest import load_plan
+from sipec_models.inference.ingest import plan_chunk
 from sipec_models.io.store import open_store, provenance, spec_field, write_store
 from sipec_models.io.video import iter_frames, probe
 from sipec_models.pose import PosePredictor
@@ -72,10 +72,7 @@ def run_pose(video: str | os.PathLike, store: str | os.PathLike, plan: str | os.
         predictor.node_names = [f"node{k}" for k in range(K)]
     if len(predictor.node_names) != K:
         raise ValueError(f"{name or 'pose model'}: {len(predictor.node_names)} node names for {K} keypoints")
-    chunks = load_plan(plan)["chunks"]
-    if not 0 <= chunk < len(chunks):
-        raise ValueError(f"{plan}: has no chunk {chunk} (it lists {len(chunks)})")
-    start, stop = chunks[chunk]["start"], chunks[chunk]["stop"]
+    start, stop = plan_chunk(plan, chunk)
     group = open_store(store)
     n_frames = int(group.attrs["n_frames"])
     if stop > n_frames:

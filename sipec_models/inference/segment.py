@@ -10,7 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from sipec_models.inference.ingest import load_plan, load_probe
+from sipec_models.inference.ingest import load_probe, plan_chunk
 from sipec_models.io.store import provenance, spec_field, write_store
 from sipec_models.inference.ingest import write_json_atomic
 from sipec_models.segmentation.classical import ClassicalConfig, calibrate, estimate_background, segment_chunk
@@ -69,10 +69,7 @@ def run_segment(
     ``method: segnet``, ``model`` (a SegNet checkpoint).
     """
     info, checksum = load_probe(probe)
-    chunks = load_plan(plan)["chunks"]
-    if not 0 <= chunk < len(chunks):
-        raise ValueError(f"{plan}: has no chunk {chunk} (it lists {len(chunks)})")
-    start, stop = chunks[chunk]["start"], chunks[chunk]["stop"]
+    start, stop = plan_chunk(plan, chunk)
     method = options.get("method", "classical")
     n_instances = n_animals + int(options.get("extra_instances", 0))
     crop_size = int(options.get("crop_size", 64))
