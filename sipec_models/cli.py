@@ -123,7 +123,22 @@ def cmd_merge(args) -> None:
 
     run_merge(args.store, args.video_id, args.probe, args.csv, args.parquet, args.figure,
               identify=args.identify, smoothing=args.smoothing, social=args.social,
-              social_options=args.social_options, events_csv=args.events, pose=args.pose)
+              social_options=args.social_options, events_csv=args.events, pose=args.pose,
+              behave=args.behave, bouts_csv=args.bouts, ethogram_figure=args.ethogram)
+
+
+def cmd_train_behaviour(args) -> None:
+    from sipec_models.training.behaviour import run_train_behavenet, run_train_pose_classifier
+
+    train = run_train_behavenet if args.model == "behavenet" else run_train_pose_classifier
+    train(args.sources, args.out, overrides=args.overrides, behaviours=args.behaviours or None,
+          max_distance=args.max_distance, metrics_out=args.metrics)
+
+
+def cmd_behave(args) -> None:
+    from sipec_models.inference.behave import run_behave
+
+    run_behave(args.store, args.plan, args.chunk, args.checkpoint, args.out, pose=args.pose, px_per_cm=args.px_per_cm)
 
 
 def cmd_identify(args) -> None:
@@ -288,7 +303,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=Path, help="social events CSV (with --social)")
     p.add_argument("--pose", nargs="*", default=[], type=Path,
                    help="pose chunk stores: <node>_x, <node>_y, <node>_conf columns per keypoint")
+    p.add_argument("--behave", nargs="*", default=[], type=Path,
+                   help="behave chunk stores: <behaviour>_prob and <behaviour> (call) columns")
+    p.add_argument("--bouts", type=Path, help="bout table CSV (with --behave)")
+    p.add_argument("--ethogram", type=Path, help="ethogram raster PNG (with --behave)")
     p.set_defaults(func=cmd_merge)
+
+    for name, what in (("train-behavenet", "BehaveNet (behaviour from the animals' masked crops)"),
+                       ("train-pose-classifier", "the pose-based behaviour classifier (keypoint features)")):
+        p = sub.add_parser(name, help=f"train {what} from behaviour labels of tracked videos")
+        p.add_argument("--sources", required=True, type=_json_list,
+                       help='JSON list of {"video", "store", "labels", "format", "positions", "frames"} (pose '
+                            'classifier: also "pose" (chunk stores) and "px_per_cm")')
+        p.add_argument("--behaviours", nargs="*", default=[], help="behaviours to train on (default: all labelled)")
+        p.add_argument("--max-distance", type=float, default=20.0,
+                       help="px: largest distance between a labelled animal's position and its track")
+        p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of the model config")
+        p.add_argument("--metrics", type=Path, help="training summary JSON")
+        p.add_argument("--out", required=True, type=Path, help="checkpoint (.pt)")
+        p.set_defaults(func=cmd_train_behaviour, model="behavenet" if name == "train-behavenet" else "pose_classifier")
+
+    p = sub.add_parser("behave", help="behaviour probabilities of each animal of one chunk (BehaveNet or pose "
+                                      "classifier)")
+    p.add_argument("--store", required=True, type=Path, help="the consolidated video store (from track)")
+    p.add_argument("--plan", required=True, type=Path)
+    p.add_argument("--chunk", required=True, type=int)
+    p.add_argument("--checkpoint", required=True, type=Path, help="BehaveNet or pose-classifier checkpoint")
+    p.add_argument("--pose", nargs="*", default=[], type=Path, help="the video's pose chunk stores (pose classifier)")
+    p.add_argument("--px-per-cm", type=float, help="image px per cm (pose classifier)")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_behave)
 
     p = sub.add_parser("identify", help="IdNet identity probabilities of one chunk")
     p.add_argument("video", type=Path)

@@ -48,3 +48,44 @@ def trajectory_figure(table: pd.DataFrame, width: int, height: int, out: str | o
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
+
+
+def ethogram_figure(table: pd.DataFrame, behaviours: list[str], fps: float, out: str | os.PathLike,
+                    title: str = "") -> None:
+    """Ethogram raster of one video: one panel per animal, one row per behaviour, a mark per called frame.
+
+    Args:
+        table: per-animal table with ``frame``, ``animal`` and a 0/1 (bool)
+            column per behaviour (the calls).
+        behaviours: the call columns, top to bottom.
+        fps: frames per second (the x axis is in seconds).
+        out: PNG path, written atomically.
+    """
+    animals = sorted(table["animal"].unique(), key=str)
+    n = max(1, len(animals))
+    fig, axes = plt.subplots(n, 1, figsize=(10, 0.35 * len(behaviours) * n + 1.2), sharex=True, squeeze=False,
+                             constrained_layout=True)
+    colours = plt.get_cmap("tab10")
+    for ax, animal in zip(axes[:, 0], animals):
+        t = table[table["animal"] == animal].sort_values("frame")
+        seconds = t["frame"].to_numpy() / fps
+        for k, b in enumerate(behaviours):
+            on = t[b].fillna(False).to_numpy(bool)
+            # Runs of called frames as horizontal bars (one per bout).
+            edges = np.flatnonzero(np.diff(np.concatenate([[0], on.astype(np.int8), [0]])))
+            spans = [(seconds[s], (e - s) / fps) for s, e in zip(edges[::2], edges[1::2])]
+            ax.broken_barh(spans, (k - 0.4, 0.8), color=colours(k % 10))
+        ax.set_yticks(range(len(behaviours)), behaviours, fontsize=8)
+        ax.set_ylim(len(behaviours) - 0.5, -0.5)
+        ax.set_ylabel(str(animal), rotation=0, ha="right", va="center")
+    axes[-1, 0].set_xlabel("time (s)")
+    axes[0, 0].set_title(f"{title} ethogram".strip())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
+    try:
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)

@@ -30,7 +30,8 @@ def animal_names(n_animals: int) -> list[str]:
 
 def animal_table(store: str | os.PathLike, video_id: str, fps: float,
                  identity: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
-                 pose: tuple[np.ndarray, np.ndarray, list[str]] | None = None) -> pd.DataFrame:
+                 pose: tuple[np.ndarray, np.ndarray, list[str]] | None = None,
+                 behaviour: tuple[np.ndarray, np.ndarray, list[str]] | None = None) -> pd.DataFrame:
     """Build the per-animal table of a consolidated video store.
 
     Args:
@@ -48,6 +49,10 @@ def animal_table(store: str | os.PathLike, video_id: str, fps: float,
             ``<node>_x``, ``<node>_y`` (frame px) and ``<node>_conf`` (0-1)
             for each node after the others, keyed like them (by identity
             when ``identity`` is given).
+        behaviour: ``(probs (T, A, C), calls (T, A, C) bool, names)`` per
+            slot (:func:`behaviour_calls`); adds ``<behaviour>_prob`` (0-1)
+            and ``<behaviour>`` (the call, bool) for each behaviour, keyed
+            like the other columns.
 
     Returns:
         DataFrame sorted by frame then animal, one row per frame and animal
@@ -70,6 +75,10 @@ def animal_table(store: str | os.PathLike, video_id: str, fps: float,
         if keypoints.shape[:2] != (n_frames, n_animals) or kp_conf.shape != keypoints.shape[:3]:
             raise ValueError(f"{store}: keypoints {keypoints.shape} / confidences {kp_conf.shape} do not match its "
                              f"{n_frames} frames x {n_animals} animals")
+    if behaviour is not None and (behaviour[0].shape[:2] != (n_frames, n_animals)
+                                  or behaviour[1].shape != behaviour[0].shape):
+        raise ValueError(f"{store}: behaviour probabilities {behaviour[0].shape} / calls {behaviour[1].shape} do not "
+                         f"match its {n_frames} frames x {n_animals} animals")
     if identity is not None:
         assignment, probability, names = identity
         if assignment.shape != (n_frames, n_animals):
@@ -94,6 +103,8 @@ def animal_table(store: str | os.PathLike, video_id: str, fps: float,
         com, box, area, score, flags = map(by_identity, (com, box, area, score, flags))
         if pose is not None:
             keypoints, kp_conf = by_identity(keypoints), by_identity(kp_conf)
+        if behaviour is not None:
+            behaviour = (by_identity(behaviour[0]), by_identity(behaviour[1]), behaviour[2])
         extra = {
             "track": np.where(held, track_names[rows, pick], "").reshape(-1),
             "identity_prob": np.where(held, probability[rows, pick], np.nan).reshape(-1),
@@ -122,7 +133,93 @@ def animal_table(store: str | os.PathLike, video_id: str, fps: float,
     })
     if pose is not None:
         table = pd.concat([table, pd.DataFrame(keypoint_columns(keypoints, kp_conf, nodes))], axis=1)
+    if behaviour is not None:
+        probs, calls, bnames = behaviour
+        cols = {}
+        for k, b in enumerate(bnames):
+            cols[f"{b}_prob"] = probs[..., k].reshape(-1)
+            cols[b] = calls[..., k].reshape(-1).astype(bool)
+        table = pd.concat([table, pd.DataFrame(cols)], axis=1)
     return table
+
+
+def read_behaviour_chunks(paths: Sequence[str | os.PathLike], n_frames: int) -> tuple[np.ndarray, list[str], dict]:
+    """Concatenate the ``behaviour_prob`` ``(T, A, C)`` of a video's behave chunk stores.
+
+    Returns ``(probs, names, attrs)`` (``attrs`` of the first store:
+    ``behaviour_model``, ``multilabel``, ``postprocess``); frames no chunk
+    covers stay NaN.
+
+    Raises:
+        ValueError: no stores, or a store whose behaviours or model differ from the first one's (naming it).
+    """
+    probs = names = attrs = None
+    for p in paths:
+        g = open_store(p)
+        s, e = g.attrs["frame_start"], g.attrs["frame_stop"]
+        chunk = g["behaviour_prob"][...]
+        if probs is None:
+            names, attrs = list(g.attrs["behaviour_names"]), dict(g.attrs)
+            probs = np.full((n_frames,) + chunk.shape[1:], np.nan, np.float32)
+        elif list(g.attrs["behaviour_names"]) != names or g.attrs["behaviour_model"] != attrs["behaviour_model"]:
+            raise ValueError(f"{p}: behaviours {g.attrs['behaviour_names']} ({g.attrs['behaviour_model']}) differ "
+                             f"from the other chunks' {names} ({attrs['behaviour_model']}); re-run its behave job")
+        probs[s:e] = chunk
+    if probs is None:
+        raise ValueError("no behave chunk stores given")
+    return probs, names, attrs
+
+
+def behaviour_calls(probs: np.ndarray, multilabel: bool, postprocess: dict, fps: float) -> np.ndarray:
+    """``(T, A, C)`` bool calls from probabilities, along each slot's runs of frames with an animal.
+
+    Exclusive behaviours: the most probable one; multi-label: ``prob >=
+    threshold`` per behaviour. Then bouts shorter than the model's minimum
+    (``postprocess["min_frames"]``, converted through seconds when the
+    video's ``fps`` differs from the training frame rate) are removed
+    (:func:`sipec_models.ethogram.remove_short_bouts`).
+    """
+    from sipec_models.behaviour_data import slot_sequences
+    from sipec_models.ethogram import remove_short_bouts
+
+    T, A, C = probs.shape
+    valid = np.isfinite(probs).all(-1)
+    seq = slot_sequences(valid)
+    calls = np.zeros((T, A, C), bool)
+    thresholds = postprocess.get("thresholds")
+    train_fps = postprocess.get("fps")
+    scale = 1.0 if not train_fps else float(fps) / float(train_fps)
+    min_frames = np.maximum(1, np.round(np.asarray(postprocess.get("min_frames") or [1] * C) * scale)).astype(int)
+    fill = int(round(int(postprocess.get("fill_gaps", 0) or 0) * scale))
+    a_idx, t_idx = np.nonzero(valid.T)
+    if not len(t_idx):
+        return calls
+    p = probs[t_idx, a_idx]
+    if multilabel:
+        raw = p >= np.asarray(thresholds if thresholds is not None else 0.5)
+    else:
+        raw = np.zeros_like(p, bool)
+        raw[np.arange(len(p)), p.argmax(1)] = True
+    calls[t_idx, a_idx] = remove_short_bouts(raw, min_frames, fill, video_ids=seq[t_idx, a_idx])
+    return calls
+
+
+def bout_table(table: pd.DataFrame, behaviours: Sequence[str], fps: float) -> pd.DataFrame:
+    """Bouts of every animal of a per-animal table: ``video, animal, behaviour, start, stop, n_frames, start_s,
+    stop_s, duration_s`` (:func:`sipec_models.ethogram.bouts`; frames without a call end a bout)."""
+    from sipec_models.ethogram import bouts
+
+    parts = []
+    for animal, t in table.groupby("animal", sort=False):
+        t = t.sort_values("frame")
+        calls = t[list(behaviours)].fillna(False).to_numpy(bool)
+        b = bouts(calls, list(behaviours), fps, start_frame=int(t["frame"].iloc[0]) if len(t) else 0)
+        b.insert(0, "animal", animal)
+        parts.append(b)
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["animal", "behaviour", "start", "stop", "n_frames", "start_s", "stop_s", "duration_s"])
+    out.insert(0, "video", table["video"].iloc[0] if len(table) else "")
+    return out
 
 
 #: Suffixes of the per-node keypoint columns of the per-animal tables: x, y (frame px), confidence (0-1).
@@ -230,7 +327,8 @@ def identities_of_slots(store, identify: Sequence[str | os.PathLike], smoothing:
 
 def run_merge(store, video_id: str, probe_json, csv, parquet, figure, identify: Sequence[str] = (),
               smoothing: str = "track", social: Sequence[str] = (), social_options=None, events_csv=None,
-              pose: Sequence[str] = ()) -> pd.DataFrame:
+              pose: Sequence[str] = (), behave: Sequence[str] = (), bouts_csv=None,
+              ethogram_figure=None) -> pd.DataFrame:
     """Write the per-animal table (CSV and Parquet) and the trajectory figure of a video.
 
     With ``identify`` chunk stores, rows are keyed by identity (see
@@ -239,14 +337,22 @@ def run_merge(store, video_id: str, probe_json, csv, parquet, figure, identify: 
     ``social`` chunk stores, the interaction bouts go to ``events_csv``
     (pairs named like the table's ``animal`` column) and the table gains
     ``social_partners`` (the animals each one interacts with in that frame,
-    ``;``-separated).
+    ``;``-separated); with ``behave`` chunk stores, the table gains
+    ``<behaviour>_prob`` and ``<behaviour>`` (the call after thresholds and
+    minimum bouts, :func:`behaviour_calls`), the bouts go to ``bouts_csv``
+    (:func:`bout_table`) and the ethogram raster to ``ethogram_figure``.
     """
     from sipec_models.plots import trajectory_figure
 
     info, _ = load_probe(probe_json)
     identity = identities_of_slots(store, identify, smoothing) if identify else None
     poses = read_pose_chunks(pose, int(open_store(store).attrs["n_frames"])) if pose else None
-    table = animal_table(store, video_id, info.fps, identity=identity, pose=poses)
+    behaviour = None
+    if behave:
+        probs, bnames, battrs = read_behaviour_chunks(behave, int(open_store(store).attrs["n_frames"]))
+        calls = behaviour_calls(probs, bool(battrs["multilabel"]), dict(battrs.get("postprocess") or {}), info.fps)
+        behaviour = (probs, calls, bnames)
+    table = animal_table(store, video_id, info.fps, identity=identity, pose=poses, behaviour=behaviour)
     events = None
     if social:
         events = _social_events(store, social, identity, info.fps, video_id, social_options)
@@ -255,6 +361,13 @@ def run_merge(store, video_id: str, probe_json, csv, parquet, figure, identify: 
         if events_csv is None:
             raise ValueError("social chunk stores given but no events_csv to write")
         _write_atomic(events, Path(events_csv), "csv")
+    if behaviour is not None:
+        if bouts_csv is None or ethogram_figure is None:
+            raise ValueError("behave chunk stores given but no bouts_csv / ethogram_figure to write")
+        from sipec_models.plots import ethogram_figure as draw_ethogram
+
+        _write_atomic(bout_table(table, behaviour[2], info.fps), Path(bouts_csv), "csv")
+        draw_ethogram(table, behaviour[2], info.fps, ethogram_figure, title=video_id)
     _write_atomic(table, Path(parquet), "parquet")
     _write_atomic(table, Path(csv), "csv")
     trajectory_figure(table, info.width, info.height, figure, title=video_id)

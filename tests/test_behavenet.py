@@ -168,3 +168,38 @@ def test_multilabel_variant_trains_with_overlapping_behaviours():
     prob = model.predict_proba(data.crops, data.sequence)
     assert prob.shape == (160, 2) and ((prob >= 0) & (prob <= 1)).all()
     assert not np.allclose(prob.sum(1), 1)  # independent sigmoids, not a softmax
+
+
+def test_efficientnet_backbone_option_trains_and_round_trips(tmp_path, monkeypatch):
+    """``frame_net.backbone=efficientnet_lite0``: ImageNet weights loaded at training, not when loading a checkpoint."""
+    import sipec_models.nets.efficientnet_lite as effnet
+    from sipec_models.nets.behavenet import EfficientNetFRN
+
+    assert load_model_config("behavenet").frame_net.backbone == "xception"  # the default is unchanged
+    assert isinstance(build_frame_net(load_model_config("behavenet"), 3), XceptionFRN)
+    with pytest.raises(ValueError, match="backbone"):
+        build_frame_net(load_model_config("behavenet", ["frame_net.backbone=resnet"]), 3)
+    cfg = load_model_config("behavenet", [*TINY, "frame_net.backbone=efficientnet_lite0", "data.crop_size=32",
+                                          "data.rgb=true", "frame_train.epochs=1", "tcn_train.epochs=1",
+                                          "frame_train.vertical_flip=false"])
+    net = build_frame_net(cfg, 3)
+    reference = effnet.efficientnet_lite0(pretrained=True)
+    assert isinstance(net, EfficientNetFRN) and net.num_features == 1280
+    torch.testing.assert_close(net.encoder._conv_stem.weight, reference._conv_stem.weight)  # ImageNet weights
+    assert net.eval()(torch.rand(2, 3, 32, 32)).shape == (2, 3)
+    data = _synthetic(1, 24, seed=6, size=32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = train_behavenet(data, ["still", "flicker", "long"], cfg)
+    finally:
+        torch.set_num_threads(threads)
+    save_behavenet(model, tmp_path / "eff.pt")
+    calls = []
+    monkeypatch.setattr(effnet, "pretrained_weights_path", lambda: calls.append(1) or "/nonexistent")
+    loaded = load_behavenet(tmp_path / "eff.pt", device="cpu")
+    assert not calls and isinstance(loaded.frame_net, EfficientNetFRN)
+    np.testing.assert_allclose(loaded.predict_proba(data.crops, data.sequence),
+                               model.predict_proba(data.crops, data.sequence), atol=1e-5)

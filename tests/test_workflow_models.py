@@ -1,7 +1,8 @@
 """The workflow with trained models (small demo).
 
 IdNet is trained by the workflow itself (train_idnet) on arena_0 for seconds, on top of the classical
-segmenter, and identities are scored on arena_1, which IdNet never saw; social events are on. SegNet is
+segmenter, and identities are scored on arena_1, which IdNet never saw; social events are on; a tiny
+BehaveNet is trained on arena_0's behaviour labels (train_behaviour) and run per chunk (behave). SegNet is
 trained with `sipec train-segnet` (a few steps: plumbing, not quality) and then used by the segment rule.
 """
 
@@ -25,6 +26,15 @@ MODELS_DEMO = {
         "overrides": ["crop.window=48", "crop.out_size=32", "train.epochs=10", "recurrent_train.epochs=3"],
     },
     "social": {"enabled": True, "dilation_px": 4},
+    "behaviour": {
+        "enabled": True,
+        "labels": [{"video": "arena_0", "labels": "resources/demo/arena_0/behaviour.csv",
+                    "positions": "resources/demo/arena_0/centroids.csv"}],
+        "behaviours": ["walk", "pause", "rear", "groom"],
+        "max_distance": 10,
+        "overrides": ["data.crop_size=32", "frame_net.width_mult=0.25", "frame_net.middle_blocks=1",
+                      "frame_train.epochs=2", "tcn.half_window=3", "tcn.channels=[16]", "tcn_train.epochs=2"],
+    },
     "evaluation": {"identity_truth": {"arena_1": "resources/demo/arena_1/identities.csv"}},
 }
 NAMES = {"dark", "stripe", "spot"}
@@ -110,6 +120,42 @@ def test_segment_rule_uses_a_trained_segnet(models_run, tmp_path):
     assert store.attrs["segmenter"] == "segnet"
     assert store.attrs["provenance"]["config"]["segmentation"]["segnet"]["model"] == str(model)
     assert open_store(workdir / "results/arena_0/arena_0.zarr")["box"].shape == (150, 3, 4)
+
+
+@pytest.mark.slow
+def test_behaviour_is_trained_run_per_chunk_and_merged(models_run):
+    meta = json.loads((models_run / "results/models/behavenet_training.json").read_text())
+    assert meta["names"] == ["walk", "pause", "rear", "groom"] and meta["n_labelled"] > 0.9 * 150 * 3
+    chunk = open_store(models_run / "results/arena_1/behave/chunk_0001.zarr")
+    assert chunk.attrs["halo"] == 3 and chunk.attrs["behaviour_model"] == "behavenet"
+    assert chunk["behaviour_prob"].shape == (50, 3, 4)
+    table = pd.read_parquet(models_run / "results/arena_1/animals.parquet")
+    cols = [c for b in meta["names"] for c in (f"{b}_prob", b)]
+    assert set(cols) <= set(table.columns)
+    detected = table[table["detected"]]
+    probs = detected[[f"{b}_prob" for b in meta["names"]]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+    # Exclusive behaviours: at most one call per animal and frame.
+    assert (table[meta["names"]].sum(1) <= 1).all()
+    bouts = pd.read_csv(models_run / "results/arena_1/bouts.csv")
+    assert list(bouts.columns) == ["video", "animal", "behaviour", "start", "stop", "n_frames", "start_s", "stop_s",
+                                   "duration_s"]
+    assert set(bouts["animal"]) <= NAMES and (bouts["stop"] > bouts["start"]).all()
+    assert (models_run / "results/arena_1/ethogram.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("behaviour, message", [
+    ({"enabled": True, "labels": [{"video": "nope", "labels": "x.csv"}]}, "video 'nope' is not in"),
+    ({"enabled": True, "model": "pose_classifier", "labels": [{"video": "arena_0", "labels": "x.csv"}]},
+     "needs keypoints"),
+    ({"enabled": True}, "neither behaviour.checkpoint nor behaviour.labels"),
+    ({"enabled": True, "labels": [{"video": "arena_0", "labels": "missing.csv"}]}, "missing.csv: file does not exist"),
+    ({"enabled": True, "modle": "behavenet"}, "modle"),
+])
+def test_bad_behaviour_config_stops_before_any_job(tmp_path, behaviour, message):
+    result = run_snakemake(write_workdir(tmp_path, {**SMALL_DEMO, "behaviour": behaviour}), "--cores", "1", "--dry-run")
+    assert result.returncode != 0
+    assert message in result.stdout, result.stdout[-3000:]
 
 
 def test_segnet_without_labels_or_model_stops_before_any_job(tmp_path):

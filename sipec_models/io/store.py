@@ -47,6 +47,7 @@ ARRAY_SPECS: dict[str, tuple[tuple[str, ...], str]] = {
     "identity_prob": (("frame", "animal", "identity"), "1"),
     "keypoints": (("frame", "instance", "keypoint", "xy"), "px"),
     "keypoint_confidence": (("frame", "instance", "keypoint"), "1"),
+    "behaviour_prob": (("frame", "animal", "behaviour"), "1"),
 }
 
 

@@ -132,6 +132,49 @@ class XceptionFRN(nn.Module):
         return self.classifier(self.dropout(self.features(x)))
 
 
+class EfficientNetFRN(nn.Module):
+    """Frame recognition network on an ImageNet EfficientNet-Lite0 (an option of ours, not SIPEC's).
+
+    ``(B, C, S, S)`` in [0, 1] (grey is replicated to RGB) -> ImageNet
+    normalisation -> EfficientNet-Lite0 up to its 1x1 head convolution
+    (1280 channels, ReLU6) -> global average pooling -> dropout -> linear
+    classifier. Same interface as :class:`XceptionFRN` (``features``,
+    ``classifier``, ``num_features``), so the temporal network and the
+    training code are unchanged.
+
+    Args:
+        num_classes: ``K`` behaviours.
+        in_channels: 1 (grey) or 3 (RGB).
+        pretrained: load the offline ImageNet weights
+            (:func:`~sipec_models.nets.efficientnet_lite.efficientnet_lite0`);
+            False when the weights come from a checkpoint anyway.
+        dropout: before the classifier.
+    """
+
+    def __init__(self, num_classes: int, in_channels: int = 3, pretrained: bool = True, dropout: float = 0.0):
+        super().__init__()
+        from sipec_models.nets.efficientnet_lite import efficientnet_lite0
+
+        if num_classes < 1 or in_channels not in (1, 3):
+            raise ValueError("EfficientNetFRN needs num_classes >= 1 and in_channels 1 or 3")
+        self.encoder = efficientnet_lite0(pretrained=pretrained)
+        del self.encoder._fc  # ImageNet classifier, unused
+        self.num_features, self.num_classes, self.in_channels = 1280, int(num_classes), int(in_channels)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(self.num_features, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, S, S)`` in [0, 1] -> pooled features ``(B, 1280)``."""
+        import torch.nn.functional as F
+
+        e = self.encoder
+        x = e.features(e.normalize(x))[-1]
+        return F.relu6(e._bn1(e._conv_head(x))).mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(self.features(x)))
+
+
 class TemporalConvNet(nn.Module):
     """Non-causal TCN: frame features of ``[t - n, t + n]`` ``(B, 2n + 1, F)`` -> logits ``(B, K)`` at ``t``.
 

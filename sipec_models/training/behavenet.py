@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from sipec_models.nets.behavenet import TemporalConvNet, XceptionFRN
+from sipec_models.nets.behavenet import EfficientNetFRN, TemporalConvNet, XceptionFRN
 from sipec_models.training.config import load_model_config, save_checkpoint, to_dict
 
 log = logging.getLogger(__name__)
@@ -235,14 +235,14 @@ class BehaveNetModel:
     """A trained BehaveNet: frozen frame network, temporal network, behaviour names and config.
 
     Attributes:
-        frame_net: :class:`XceptionFRN` (eval mode).
+        frame_net: :class:`XceptionFRN` or :class:`EfficientNetFRN` (eval mode).
         tcn: :class:`TemporalConvNet` or None (frame network only: ``tcn_train.epochs: 0``).
         names: ``K`` behaviour names.
         config: the model config (plain dict).
         history: per-stage training histories.
     """
 
-    def __init__(self, frame_net: XceptionFRN, tcn: TemporalConvNet | None, names: Sequence[str],
+    def __init__(self, frame_net: XceptionFRN | EfficientNetFRN, tcn: TemporalConvNet | None, names: Sequence[str],
                  config: Mapping[str, Any], history: Mapping[str, Any] | None = None):
         self.frame_net, self.tcn = frame_net.eval(), (tcn.eval() if tcn is not None else None)
         self.names, self.config, self.history = list(names), to_dict(config), dict(history or {})
@@ -320,9 +320,23 @@ def crops_to_tensor(crops: np.ndarray, cfg: Mapping[str, Any]) -> torch.Tensor:
     return x
 
 
-def build_frame_net(cfg: Mapping[str, Any], num_classes: int) -> XceptionFRN:
-    """The frame network of a config's ``frame_net`` section."""
+def build_frame_net(cfg: Mapping[str, Any], num_classes: int,
+                    load_pretrained: bool = True) -> XceptionFRN | EfficientNetFRN:
+    """The frame network of a config's ``frame_net`` section.
+
+    ``frame_net.backbone``: ``xception`` (default; SIPEC's network, trained
+    from scratch) or ``efficientnet_lite0`` (ImageNet EfficientNet-Lite0,
+    its weights loaded when ``frame_net.pretrained`` and ``load_pretrained``:
+    checkpoints pass False, their weights replace them).
+    """
     fn = cfg["frame_net"]
+    backbone = str(fn.get("backbone", "xception"))
+    if backbone == "efficientnet_lite0":
+        return EfficientNetFRN(num_classes, in_channels=3 if cfg["data"]["rgb"] else 1,
+                               pretrained=bool(fn.get("pretrained", True)) and load_pretrained,
+                               dropout=float(fn["dropout"]))
+    if backbone != "xception":
+        raise ValueError(f"frame_net.backbone must be xception or efficientnet_lite0, got {backbone!r}")
     return XceptionFRN(num_classes, in_channels=3 if cfg["data"]["rgb"] else 1, stem_channels=fn["stem_channels"],
                        entry_channels=fn["entry_channels"], middle_blocks=int(fn["middle_blocks"]),
                        exit_channels=fn["exit_channels"], width_mult=float(fn["width_mult"]),
@@ -378,7 +392,8 @@ def train_behavenet(data: BehaviourData, names: Sequence[str], cfg: Mapping[str,
     if ft.get("augment", True):
         from sipec_models.training.idnet import Augment
 
-        augment = Augment(float(ft["rotation_deg"]), float(ft["brightness"]), float(ft["contrast"]))
+        augment = Augment(float(ft["rotation_deg"]), float(ft["brightness"]), float(ft["contrast"]),
+                          vertical_flip=bool(ft.get("vertical_flip", True)))
     train_set = TensorDataset(x[~is_val], y[~is_val])
     val_set = TensorDataset(x[is_val], y[is_val]) if is_val.any() else None
     history = {"frame": _fit(frame_net, train_set, val_set, ft, multilabel, cfg["loss"], seed, augment, progress),
@@ -423,7 +438,7 @@ def load_behavenet(path: str | os.PathLike, device: str | torch.device | None = 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ValueError(f"{path}: not a BehaveNet checkpoint (format {FORMAT!r})")
     cfg, names = ckpt["config"], ckpt["names"]
-    frame_net = build_frame_net(cfg, len(names))
+    frame_net = build_frame_net(cfg, len(names), load_pretrained=False)
     frame_net.load_state_dict(ckpt["frame_net"])
     tcn = None
     if ckpt["tcn"] is not None:

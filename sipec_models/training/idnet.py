@@ -177,16 +177,19 @@ class Augment(torch.nn.Module):
     Input ``(B, C, H, W)`` in [0, 1]; all ``C`` channels (for sequences: the
     time steps) get the same transform. Brightness and contrast change only
     non-zero (animal) pixels, so the masked-out background stays 0.
+    ``vertical_flip=False`` keeps up and down (side views, where rearing
+    is defined by gravity).
     """
 
-    def __init__(self, rotation_deg: float = 180.0, brightness: float = 0.1, contrast: float = 0.2):
+    def __init__(self, rotation_deg: float = 180.0, brightness: float = 0.1, contrast: float = 0.2,
+                 vertical_flip: bool = True):
         super().__init__()
         import kornia.augmentation as K
 
         self.geometric = K.AugmentationSequential(
             K.RandomRotation(degrees=rotation_deg, p=1.0),
             K.RandomHorizontalFlip(p=0.5),
-            K.RandomVerticalFlip(p=0.5),
+            *([K.RandomVerticalFlip(p=0.5)] if vertical_flip else []),
         )
         self.brightness, self.contrast = brightness, contrast
 

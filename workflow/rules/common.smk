@@ -12,7 +12,8 @@ try:
     DEMO_VIDEOS = [DEMO_DIR / f"arena_{i}.mp4" for i in range(_DEMO["n_videos"])] if _DEMO["enabled"] else []
     # Ground truth the demo renders beside each video (labels for training and evaluation).
     DEMO_TRUTH = [DEMO_DIR / f"arena_{i}" / name for i in range(len(DEMO_VIDEOS))
-                  for name in ("masks_coco.json", "centroids.csv", "identities.csv", "keypoints_dlc.csv")]
+                  for name in ("masks_coco.json", "centroids.csv", "identities.csv", "keypoints_dlc.csv",
+                               "behaviour.csv")]
     VIDEOS = load_videos(config["videos"], producible={str(p) for p in DEMO_VIDEOS})
 except ConfigError as err:
     raise WorkflowError(f"Invalid configuration:\n{err}") from None
@@ -25,6 +26,7 @@ SEGNET = SEG["method"] == "segnet"
 IDENT = config["identification"]
 SOCIAL = config["social"]
 POSE = config["pose"]
+BEHAVE = config["behaviour"]
 
 
 def _config_error(message):
@@ -34,6 +36,15 @@ def _config_error(message):
 def resolve_video(ref):
     """A video id of videos.tsv -> its path; anything else is taken as a path."""
     return VIDEOS.loc[ref, "path"] if ref in VIDEOS.index else ref
+
+
+def _px_per_cm(video):
+    """Image px per cm of a video: its px_per_cm column in videos.tsv, else behaviour.px_per_cm (None: unknown)."""
+    if "px_per_cm" in VIDEOS.columns:
+        value = VIDEOS.loc[video, "px_per_cm"]
+        if value == value and value not in ("", None):  # not NaN
+            return float(value)
+    return BEHAVE["px_per_cm"]
 
 
 if SEGNET and not SEG["segnet"]["model"] and not SEG["segnet"]["labels"]:
@@ -65,9 +76,32 @@ if _POSE_TRAINS or config["evaluation"]["pose_models"]:
         _config_error(f"pose.video: {POSE['video']!r} is neither a video id of {config['videos']} "
                       f"(ids: {', '.join(VIDEO_IDS)}) nor an existing file")
 
+if BEHAVE["enabled"]:
+    if BEHAVE["model"] == "pose_classifier" and not POSE["enabled"]:
+        _config_error("behaviour.model is pose_classifier but pose.enabled is false: the classifier needs keypoints")
+    if BEHAVE["model"] == "pose_classifier":
+        for _v in VIDEO_IDS:
+            if not _px_per_cm(_v):
+                _config_error(f"behaviour.model is pose_classifier but video {_v!r} has no px_per_cm: set "
+                              "behaviour.px_per_cm or a px_per_cm column in videos.tsv")
+    if BEHAVE["checkpoint"] and not Path(BEHAVE["checkpoint"]).is_file():
+        _config_error(f"behaviour.checkpoint: {BEHAVE['checkpoint']}: file does not exist")
+    if not BEHAVE["checkpoint"]:
+        if not BEHAVE["labels"]:
+            _config_error("behaviour.enabled is true but neither behaviour.checkpoint nor behaviour.labels is set")
+        for _entry in BEHAVE["labels"]:
+            if _entry["video"] not in VIDEOS.index:
+                _config_error(f"behaviour.labels: video {_entry['video']!r} is not in {config['videos']} "
+                              f"(ids: {', '.join(VIDEO_IDS)})")
+            for _key in ("labels", "positions"):
+                _file = _entry.get(_key)
+                if _file and not Path(_file).exists() and Path(_file) not in DEMO_TRUTH:
+                    _config_error(f"behaviour.labels: {_key} {_file}: file does not exist")
+
 SEGNET_MODEL = Path(SEG["segnet"]["model"]) if SEG["segnet"]["model"] else MODELS / "segnet.pt"
 IDNET_MODEL = Path(IDENT["model"]) if IDENT["model"] else MODELS / "idnet.pt"
 POSE_MODEL = Path(POSE["checkpoint"]) if POSE["checkpoint"] else MODELS / f"{POSE['model']}.pt"
+BEHAVE_MODEL = Path(BEHAVE["checkpoint"]) if BEHAVE["checkpoint"] else MODELS / f"{BEHAVE['model']}.pt"
 
 
 wildcard_constraints:
@@ -118,5 +152,26 @@ def social_stores(wildcards):
     return [RESULTS / f"{wildcards.video}/social/chunk_{c}.zarr" for c in chunk_ids(wildcards.video)]
 
 
+def pose_stores_of(video):
+    return [RESULTS / f"{video}/pose/chunk_{c}.zarr" for c in chunk_ids(video)]
+
+
 def pose_stores(wildcards):
-    return [RESULTS / f"{wildcards.video}/pose/chunk_{c}.zarr" for c in chunk_ids(wildcards.video)]
+    return pose_stores_of(wildcards.video)
+
+
+def behave_stores(wildcards):
+    return [RESULTS / f"{wildcards.video}/behave/chunk_{c}.zarr" for c in chunk_ids(wildcards.video)]
+
+
+def behaviour_sources(with_pose=False):
+    """The label sources of train_behavenet / train_pose_classifier, as the JSON `sipec train-*` takes."""
+    sources = []
+    for e in BEHAVE["labels"]:
+        src = {"video": e["video"], "store": str(RESULTS / e["video"] / f"{e['video']}.zarr"), "labels": e["labels"],
+               "format": e["format"], "positions": e["positions"], "frames": e["frames"]}
+        if with_pose:
+            src["pose"] = [str(p) for p in pose_stores_of(e["video"])]
+            src["px_per_cm"] = _px_per_cm(e["video"])
+        sources.append(src)
+    return sources

@@ -11,6 +11,8 @@ def merge_inputs(wildcards):
         inputs["pose"] = pose_stores(wildcards)
     if SOCIAL["enabled"]:
         inputs["social"] = social_stores(wildcards)
+    if BEHAVE["enabled"]:
+        inputs["behave"] = behave_stores(wildcards)
     return inputs
 
 
@@ -25,6 +27,9 @@ def merge_args(wildcards, input, output):
     if SOCIAL["enabled"]:
         args += ["--social", *(f"'{p}'" for p in getattr(input, "social", [])), "--social-options", f"'{options('social')}'",
                  "--events", f"'{output.events}'"]
+    if BEHAVE["enabled"]:
+        args += ["--behave", *(f"'{p}'" for p in getattr(input, "behave", [])), "--bouts", f"'{output.bouts}'",
+                 "--ethogram", f"'{output.ethogram}'"]
     return " ".join(args)
 
 
@@ -43,6 +48,9 @@ rule merge:
             subcategory="{video}",
         ),
         **({"events": RESULTS / "{video}/social_events.csv"} if SOCIAL["enabled"] else {}),
+        **({"bouts": RESULTS / "{video}/bouts.csv",
+            "ethogram": report(RESULTS / "{video}/ethogram.png", caption="../report/ethogram.rst",
+                               category="Ethograms", subcategory="{video}")} if BEHAVE["enabled"] else {}),
     params:
         extra=merge_args,
     log:
