@@ -195,3 +195,40 @@ def slot_sequences(valid: np.ndarray) -> np.ndarray:
         seq[v, a] = run[v]
         next_id += int(start.sum())
     return seq
+
+
+def com_speed(com: np.ndarray, fps: float, scale_px: float) -> np.ndarray:
+    """Speed of each slot's centre of mass: the motion input of BehaveNet's temporal network (``tcn.motion_input``).
+
+    A crop centred on the animal hides whether it moves; its centre of mass
+    does not. Centred difference over ``t - 1, t + 1`` inside each run of
+    frames the slot holds an animal (one-sided at a run's ends, 0 for a run
+    of one frame), in crop sides per second, as ``log(1 + speed)``.
+
+    Args:
+        com: ``(T, A, 2)`` frame px (NaN: empty slot).
+        fps: frames per second.
+        scale_px: frame px of one crop side (the store's crop size).
+
+    Returns:
+        ``(T, A, 1)`` float32; NaN where the slot is empty.
+    """
+    com = np.asarray(com, np.float64)
+    T, A = com.shape[:2]
+    seq = slot_sequences(np.isfinite(com).all(-1))
+    out = np.full((T, A, 1), np.nan, np.float32)
+    t = np.arange(T)
+    for a in range(A):
+        s = seq[:, a]
+        ok = s >= 0
+        if not ok.any():
+            continue
+        prev_ok = np.r_[False, (s[1:] == s[:-1]) & ok[1:]]  # t - 1 in the same run
+        next_ok = np.r_[(s[:-1] == s[1:]) & ok[:-1], False]  # t + 1 in the same run
+        lo = np.where(prev_ok, t - 1, t)
+        hi = np.where(next_ok, t + 1, t)
+        steps = np.maximum(hi - lo, 1)
+        v = np.linalg.norm(com[hi, a] - com[lo, a], axis=-1) / steps * fps / scale_px
+        v = np.where(hi > lo, v, 0.0)
+        out[ok, a, 0] = np.log1p(v[ok])
+    return out

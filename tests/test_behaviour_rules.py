@@ -63,6 +63,16 @@ def test_slot_labels_match_animals_by_position(tmp_path):
     assert y[:, 0, 0].tolist() == [0, 1, 0, 1]
 
 
+def test_com_speed_stays_inside_runs():
+    from sipec_models.behaviour_data import com_speed
+
+    com = np.zeros((6, 1, 2))
+    com[:, 0, 0] = [0, 2, 4, 6, np.nan, 10]  # 2 px per frame, a gap, then a run of one frame
+    v = com_speed(com, fps=10.0, scale_px=20.0)[:, 0, 0]  # 2 px/frame = 20 px/s = 1 crop side/s
+    np.testing.assert_allclose(v[:4], np.log1p(1.0))
+    assert np.isnan(v[4]) and v[5] == 0.0
+
+
 def test_exclusive_targets_and_sequences():
     y = np.array([[1, 0], [0, 1], [0, 0], [np.nan, np.nan]], np.float32)
     target, names = exclusive_targets(y, ["a", "b"])
@@ -95,18 +105,21 @@ def _behave_all(tmp_path, name, store, ckpt, bounds):
     return np.concatenate(out)
 
 
-def test_behave_results_do_not_depend_on_chunk_borders(tmp_path):
+@pytest.mark.parametrize("motion", [False, True])
+def test_behave_results_do_not_depend_on_chunk_borders(tmp_path, motion):
     data = _synthetic(2, 40, seed=3)
     T = 40
     crops = data.crops.reshape(2, T, *data.crops.shape[1:]).transpose(1, 0, 2, 3).copy()
-    com = np.full((T, 2, 2), 30.0)
+    com = 30.0 + np.cumsum(np.random.default_rng(0).normal(0, 2, (T, 2, 2)), 0)
     com[15:19, 1] = np.nan  # slot 1 empty for 4 frames: a gap the windows must not cross
     crops[15:19, 1] = 0
     store = _store(tmp_path / "v.zarr", crops, com)
-    cfg = load_model_config("behavenet", TINY)
+    cfg = load_model_config("behavenet", [*TINY, f"tcn.motion_input={motion}"])
     torch.manual_seed(0)
     frame_net = build_frame_net(cfg, 3)
-    model = BehaveNetModel(frame_net, build_tcn(cfg, frame_net.num_features, 3), ["still", "flicker", "long"], cfg)
+    tcn = build_tcn(cfg, frame_net.num_features + int(motion), 3)
+    model = BehaveNetModel(frame_net, tcn, ["still", "flicker", "long"], cfg)
+    assert model.motion_input == motion
     ckpt = tmp_path / "bn.pt"
     save_behavenet(model, ckpt, meta={"postprocess": {"thresholds": None, "min_frames": [2, 2, 2], "fps": 25.0}})
     whole = _behave_all(tmp_path, "whole", store, ckpt, [0, T])
@@ -167,7 +180,8 @@ def test_train_behavenet_from_a_tracked_store(tmp_path):
     src = {"video": "v", "store": str(store), "labels": str(_labels_csv(tmp_path / "b.csv", rows)),
            "format": "frames", "positions": str(_labels_csv(tmp_path / "p.csv", pos)), "frames": None}
     torch.set_num_threads(1)
-    model = run_train_behavenet([src], tmp_path / "bn.pt", overrides=TINY, metrics_out=tmp_path / "m.json",
+    model = run_train_behavenet([src], tmp_path / "bn.pt", overrides=[*TINY, "tcn.motion_input=true"],
+                                metrics_out=tmp_path / "m.json",
                                 progress=False)
     meta = json.loads((tmp_path / "m.json").read_text())
     assert meta["names"] == names and meta["n_labelled"] == 2 * T and len(meta["postprocess"]["min_frames"]) == 3

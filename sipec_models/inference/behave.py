@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sipec_models.behaviour_data import slot_sequences
+from sipec_models.behaviour_data import com_speed, slot_sequences
 from sipec_models.inference.ingest import plan_chunk
 from sipec_models.io.store import open_store, provenance, spec_field, write_store
 
@@ -34,13 +34,15 @@ log = logging.getLogger(__name__)
 MODELS = ("behavenet", "pose_classifier")
 
 
-def behavenet_probs(model, crops: np.ndarray, valid: np.ndarray) -> np.ndarray:
+def behavenet_probs(model, crops: np.ndarray, valid: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:
     """``(T, A, C)`` BehaveNet probabilities of a block of frames (NaN where a slot is empty).
 
     Args:
         model: a :class:`~sipec_models.training.behavenet.BehaveNetModel`.
         crops: ``(T, A, S, S[, 3])`` uint8 masked crops per slot.
         valid: ``(T, A)`` bool, the slot holds an animal.
+        motion: ``(T, A, M)`` motion features (:func:`~sipec_models.behaviour_data.com_speed`),
+            needed when the model's temporal network takes them.
 
     Windows of the temporal network stop at the ends of each slot's runs of
     valid frames and at the ends of the block (edge frames repeat).
@@ -51,7 +53,8 @@ def behavenet_probs(model, crops: np.ndarray, valid: np.ndarray) -> np.ndarray:
     out = np.full((T, A, len(model.names)), np.nan, np.float32)
     if len(t_idx):
         feats = model.frame_features(crops[t_idx, a_idx])
-        out[t_idx, a_idx] = model.predict_from_features(feats, seq[t_idx, a_idx])
+        m = motion[t_idx, a_idx] if motion is not None else None
+        out[t_idx, a_idx] = model.predict_from_features(feats, seq[t_idx, a_idx], m)
     return out
 
 
@@ -135,7 +138,11 @@ def run_behave(store: str | os.PathLike, plan: str | os.PathLike, chunk: int, ch
         n = model.half_window
         lo, hi = max(0, start - n), min(T, stop + n)
         valid = np.isfinite(group["com"][lo:hi]).all(-1)
-        probs = behavenet_probs(model, group["crop"][lo:hi], valid)[start - lo:stop - lo]
+        motion = None
+        if model.motion_input:  # speeds at the halo's edges need one more frame on each side
+            lo1, hi1 = max(0, lo - 1), min(T, hi + 1)
+            motion = com_speed(group["com"][lo1:hi1], fps, float(group["crop"].shape[-1]))[lo - lo1:hi - lo1]
+        probs = behavenet_probs(model, group["crop"][lo:hi], valid, motion)[start - lo:stop - lo]
         pp = dict(getattr(model, "meta", {}).get("postprocess") or {})
         multilabel, halo = model.multilabel, n
     else:

@@ -56,21 +56,51 @@ class BehaviourData:
         crops: ``(N, S, S)`` or ``(N, S, S, 3)`` uint8.
         labels: ``(N,)`` int (``-1`` unlabelled) or ``(N, K)`` float 0/1 (NaN unlabelled).
         sequence: ``(N,)`` id of each frame's continuous sequence (frames of one sequence consecutive, in order).
+        motion: optional ``(N, M)`` float32 motion features of each frame
+            (:func:`sipec_models.behaviour_data.com_speed`), given to the
+            temporal network beside the frame features when the config's
+            ``tcn.motion_input`` is true.
     """
 
     crops: np.ndarray
     labels: np.ndarray
     sequence: np.ndarray
+    motion: np.ndarray | None = None
 
     def __post_init__(self):
         n = len(self.crops)
         if len(self.labels) != n or len(self.sequence) != n:
             raise ValueError(f"crops, labels and sequence must have one entry per frame: {n}, {len(self.labels)}, "
                              f"{len(self.sequence)}")
+        if self.motion is not None and (np.ndim(self.motion) != 2 or len(self.motion) != n):
+            raise ValueError(f"motion must be (N, M) with N = {n} frames, got shape {np.shape(self.motion)}")
         _ = sequence_bounds(self.sequence)  # checks that sequences are contiguous
 
     def subset(self, index: np.ndarray) -> "BehaviourData":
-        return BehaviourData(self.crops[index], self.labels[index], self.sequence[index])
+        return BehaviourData(self.crops[index], self.labels[index], self.sequence[index],
+                             None if self.motion is None else self.motion[index])
+
+
+#: Motion features per frame given to the temporal network with ``tcn.motion_input`` (the animal's speed).
+MOTION_FEATURES = 1
+
+
+def motion_width(cfg: Mapping[str, Any]) -> int:
+    """``M``: motion features the temporal network of a config takes (0 without ``tcn.motion_input``)."""
+    return MOTION_FEATURES if bool(cfg["tcn"].get("motion_input", False)) else 0
+
+
+def _join_motion(features: torch.Tensor, motion: np.ndarray | None, cfg: Mapping[str, Any]) -> torch.Tensor:
+    """Frame features ``(N, F)`` -> ``(N, F + M)`` with the motion features, as the config's TCN expects."""
+    m = motion_width(cfg)
+    if not m:
+        return features
+    if motion is None:
+        raise ValueError("this BehaveNet's temporal network takes motion features (tcn.motion_input): pass motion")
+    motion = torch.as_tensor(np.asarray(motion, np.float32))
+    if motion.shape != (len(features), m):
+        raise ValueError(f"motion must be ({len(features)}, {m}), got {tuple(motion.shape)}")
+    return torch.cat([features, motion.to(features.device, features.dtype)], dim=1)
 
 
 # --------------------------------------------------------------------------- windows and splits
@@ -273,26 +303,35 @@ class BehaveNetModel:
             out.append(self.frame_net.features(x).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.frame_net.num_features)
 
+    @property
+    def motion_input(self) -> bool:
+        """The temporal network also takes motion features (``tcn.motion_input``)."""
+        return self.tcn is not None and motion_width(self.config) > 0
+
     @torch.inference_mode()
-    def predict_proba(self, crops: np.ndarray, sequence: np.ndarray | None = None) -> np.ndarray:
+    def predict_proba(self, crops: np.ndarray, sequence: np.ndarray | None = None,
+                      motion: np.ndarray | None = None) -> np.ndarray:
         """``(N, K)`` behaviour probabilities of every frame.
 
         Args:
             crops: ``(N, S, S[, 3])`` uint8 crops in time order.
             sequence: ``(N,)`` sequence ids (default: one sequence). Windows
                 repeat a sequence's first and last frame at its ends.
+            motion: ``(N, M)`` motion features (needed when :attr:`motion_input`).
         """
         sequence = np.zeros(len(crops), np.int64) if sequence is None else np.asarray(sequence)
         feats = self.frame_features(crops)
-        return self.predict_from_features(feats, sequence)
+        return self.predict_from_features(feats, sequence, motion)
 
     @torch.inference_mode()
-    def predict_from_features(self, features: torch.Tensor, sequence: np.ndarray) -> np.ndarray:
-        """``(N, K)`` probabilities from precomputed frame features ``(N, F)``."""
+    def predict_from_features(self, features: torch.Tensor, sequence: np.ndarray,
+                              motion: np.ndarray | None = None) -> np.ndarray:
+        """``(N, K)`` probabilities from precomputed frame features ``(N, F)`` (and motion ``(N, M)``)."""
         if self.tcn is None:
             logits = self.frame_net.classifier(features.to(self.frame_net.classifier.weight.device))
         else:
             device = next(self.tcn.parameters()).device
+            features = _join_motion(features, motion, self.config)
             wins = feature_windows(features, sequence, self.tcn.half_window)
             logits = torch.cat([self.tcn(wins[s:s + 1024].to(device)).cpu() for s in range(0, len(wins), 1024)]) \
                 if len(wins) else torch.zeros(0, len(self.names))
@@ -402,8 +441,8 @@ def train_behavenet(data: BehaviourData, names: Sequence[str], cfg: Mapping[str,
         p.requires_grad_(False)
     tcn = None
     if int(cfg["tcn_train"]["epochs"]) > 0:
-        feats = BehaveNetModel(frame_net, None, names, cfg).frame_features(data.crops)
-        tcn = build_tcn(cfg, frame_net.num_features, K)
+        feats = _join_motion(BehaveNetModel(frame_net, None, names, cfg).frame_features(data.crops), data.motion, cfg)
+        tcn = build_tcn(cfg, frame_net.num_features + motion_width(cfg), K)
         # Windows are cut from each whole sequence, then split: validation windows may look back into
         # training frames (the labels of those frames are not used), as at inference.
         wins = feature_windows(feats, data.sequence, tcn.half_window)
@@ -442,7 +481,7 @@ def load_behavenet(path: str | os.PathLike, device: str | torch.device | None = 
     frame_net.load_state_dict(ckpt["frame_net"])
     tcn = None
     if ckpt["tcn"] is not None:
-        tcn = build_tcn(cfg, frame_net.num_features, len(names))
+        tcn = build_tcn(cfg, frame_net.num_features + motion_width(cfg), len(names))
         tcn.load_state_dict(ckpt["tcn"])
     model = BehaveNetModel(frame_net, tcn, names, cfg, ckpt.get("history"))
     model.meta = ckpt.get("meta", {})

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from sipec_models.behaviour_data import exclusive_targets, slot_labels, slot_sequences
+from sipec_models.behaviour_data import com_speed, exclusive_targets, slot_labels, slot_sequences
 from sipec_models.ethogram import choose_thresholds, min_bout_lengths
 from sipec_models.io.store import open_store
 from sipec_models.training.config import load_model_config, to_dict
@@ -72,15 +72,18 @@ def behavenet_samples(sources: Iterable[Mapping[str, Any]], half_window: int, be
 
     Returns:
         ``crops (N, S, S[, 3]) uint8``, ``labels (N, C) float32`` (NaN:
-        context frame without a label), ``sequence (N,) int64``, the ``C``
-        behaviour names and per-source counts.
+        context frame without a label), ``sequence (N,) int64``, ``motion
+        (N, 1) float32`` (:func:`~sipec_models.behaviour_data.com_speed`),
+        the ``C`` behaviour names and per-source counts.
     """
-    crops, labels, seqs, names, stats, offset = [], [], [], None, [], 0
+    crops, labels, seqs, motion, names, stats, offset = [], [], [], [], None, [], 0
     for src in sources:
         group = open_store(src["store"])
         y, n = _source_labels(src, group, behaviours, max_distance)
         names = _check_names(n, names, src)
-        valid = np.isfinite(group["com"][...]).all(-1)
+        com = group["com"][...]
+        valid = np.isfinite(com).all(-1)
+        speed = com_speed(com, float(group.attrs.get("fps") or 1.0), float(group["crop"].shape[-1]))
         labelled = np.isfinite(y).all(-1) & valid
         region = np.stack([_dilate(labelled[:, a], half_window) for a in range(y.shape[1])], 1) & valid
         seq = slot_sequences(region)
@@ -92,13 +95,15 @@ def behavenet_samples(sources: Iterable[Mapping[str, Any]], half_window: int, be
             crops.append(block[t - t[0]])
             labels.append(y[t, a])
             seqs.append(seq[t, a] + offset)
+            motion.append(speed[t, a])
         offset += int(seq.max()) + 1 if (seq >= 0).any() else 0
         stats.append({"video": str(src["video"]), "labelled_animal_frames": int(labelled.sum()),
                       "context_frames": int(region.sum() - labelled.sum())})
     if not crops or not any(np.isfinite(lb).all(-1).any() for lb in labels):
         raise ValueError("no labelled frame of any source holds a tracked animal: check behaviour.labels and the "
                          "positions used to match labelled animals to tracks")
-    return np.concatenate(crops), np.concatenate(labels), np.concatenate(seqs), names, {"sources": stats}
+    return (np.concatenate(crops), np.concatenate(labels), np.concatenate(seqs), np.concatenate(motion), names,
+            {"sources": stats})
 
 
 def _onehot(target: np.ndarray, C: int) -> np.ndarray:
@@ -133,7 +138,7 @@ def run_train_behavenet(sources: Iterable[Mapping[str, Any]], out: str | os.Path
     if not sources:
         raise ValueError("run_train_behavenet: no label sources given")
     half = int(cfg["tcn"]["half_window"]) if int(cfg["tcn_train"]["epochs"]) > 0 else 0
-    crops, y, seq, names, stats = behavenet_samples(sources, half, behaviours, max_distance)
+    crops, y, seq, motion, names, stats = behavenet_samples(sources, half, behaviours, max_distance)
     multilabel = bool(cfg["data"]["multilabel"])
     if multilabel:
         target = y
@@ -141,9 +146,9 @@ def run_train_behavenet(sources: Iterable[Mapping[str, Any]], out: str | os.Path
         target, names = exclusive_targets(y, names, what=", ".join(str(s["labels"]) for s in sources))
     log.info("BehaveNet: %d frames (%d labelled) in %d runs, behaviours %s", len(crops),
              int(np.isfinite(y).all(-1).sum()), len(np.unique(seq)), ", ".join(names))
-    model = train_behavenet(BehaviourData(crops, target, seq), names, cfg, progress=progress)
+    model = train_behavenet(BehaviourData(crops, target, seq, motion), names, cfg, progress=progress)
     # Postprocessing from the validation block and the training labels.
-    probs = model.predict_proba(crops, seq)
+    probs = model.predict_proba(crops, seq, motion)
     is_val = validation_split(seq, float(cfg["data"]["val_fraction"]))
     C = len(names)
     onehot = np.nan_to_num(target).astype(np.uint8) if multilabel else _onehot(target, C)

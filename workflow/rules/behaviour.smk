@@ -5,6 +5,8 @@
 if BEHAVE["enabled"] and not BEHAVE["checkpoint"]:
 
     rule train_behaviour:
+        name:
+            "train_behavenet" if BEHAVE["model"] == "behavenet" else "train_pose_classifier"
         input:
             stores=[RESULTS / e["video"] / f"{e['video']}.zarr" for e in BEHAVE["labels"]],
             labels=[e["labels"] for e in BEHAVE["labels"]],
@@ -21,7 +23,7 @@ if BEHAVE["enabled"] and not BEHAVE["checkpoint"]:
             overrides=lambda wc: " ".join(f"'{o}'" for o in BEHAVE["overrides"]),
         threads: 2
         log:
-            "logs/train/behaviour.log",
+            f"logs/train/{BEHAVE['model']}.log",
         shell:
             "sipec {params.command} --sources {params.sources:q} --behaviours {params.behaviours} "
             "--max-distance {BEHAVE[max_distance]} --overrides {params.overrides} --metrics {output.metrics:q} "
