@@ -33,7 +33,8 @@ MODELS_DEMO = {
         "behaviours": ["walk", "pause", "rear", "groom"],
         "max_distance": 10,
         "overrides": ["data.crop_size=32", "frame_net.width_mult=0.25", "frame_net.middle_blocks=1",
-                      "frame_train.epochs=2", "tcn.half_window=3", "tcn.channels=[16]", "tcn_train.epochs=2"],
+                      "frame_train.epochs=2", "tcn.half_window=3", "tcn.channels=[16]", "tcn_train.epochs=15",
+                      "tcn.motion_input=true"],
     },
     "evaluation": {"identity_truth": {"arena_1": "resources/demo/arena_1/identities.csv"}},
 }
@@ -142,6 +143,26 @@ def test_behaviour_is_trained_run_per_chunk_and_merged(models_run):
                                    "duration_s"]
     assert set(bouts["animal"]) <= NAMES and (bouts["stop"] > bouts["start"]).all()
     assert (models_run / "results/arena_1/ethogram.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_tiny_behavenet_beats_chance_on_the_unseen_video(models_run):
+    """Frame accuracy of the behave probabilities on arena_1 (never trained on) against circularly shifted labels."""
+    from sipec_models.behaviour_data import slot_labels
+    from sipec_models.behaviour_metrics import circular_shift_chance, frame_accuracy
+    from sipec_models.tables import read_behaviour_chunks
+
+    store = open_store(models_run / "results/arena_1/arena_1.zarr")
+    probs, names, _ = read_behaviour_chunks(sorted((models_run / "results/arena_1/behave").glob("chunk_*.zarr")), 150)
+    demo = models_run / "resources/demo/arena_1"
+    y, _ = slot_labels(demo / "behaviour.csv", store["com"][...], positions=demo / "centroids.csv", behaviours=names,
+                       max_distance=10)
+    ok = (np.isfinite(y).all(-1) & np.isfinite(probs).all(-1)).T  # (slot, frame): slot-major, time order
+    yy, pp = y.transpose(1, 0, 2)[ok], probs.transpose(1, 0, 2)[ok]
+    slot = np.repeat(np.arange(ok.shape[0]), ok.shape[1])[ok.ravel()]
+    acc = frame_accuracy(yy, pp)
+    chance = circular_shift_chance(yy, pp, video_ids=slot, score_fn=frame_accuracy, n_shifts=50)
+    assert ok.sum() > 0.9 * 450 and acc > chance["mean"] + 0.1, (acc, chance["mean"])
 
 
 @pytest.mark.parametrize("behaviour, message", [

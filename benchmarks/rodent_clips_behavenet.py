@@ -1,0 +1,450 @@
+"""SIPEC:BehaveNet clip classification on real rodent clips: session-grouped 5-fold cross-validation.
+
+Data: ``../shared/data/rodent_clips/<class>/*.mkv`` (alllliceee/yolo_behavior
+test_dataset, Apache-2.0): 403 clips of an albino rat in a home cage,
+1920x1080, 25 fps, 16 frames each, 7 classes (the folder name is the clip's
+label). File names ``cage{1,2}_<month>_<day>_<hour>_<minute>_<frame>`` name the
+recording session (everything before the last ``_<frame>``). Clips named by a
+bare number (``11232``, ``13568s``, ``9808_1``, ``10800(1)``: the leading
+digits are the frame number) have no session; many are consecutive 16-frame
+pieces of one video, so they are chained into groups: sorted by number over
+all classes, a new group starts where the gap to the previous number exceeds
+64 frames.
+
+Crops of the animal: every clip is decoded once (PyAV, scaled to 640x360 by
+libswscale). The rat is the large bright object on a dark background: per
+frame, the grey image is blurred (Gaussian, sigma 2 px), thresholded at
+``max(90, median + 60)`` grey levels, and the largest connected component
+(at least 400 px at 640x360; the white door tags on the walls are far
+smaller) gives the animal's centre of mass. The clip's crop centre is the
+median of its frames' centres (one fixed square per clip, so the animal's
+motion and posture within the clip stay visible); frames without a blob are
+left out of the median, and a clip without any falls back to the frame
+centre (counted and reported). The square has a fixed side of 0.8 x the
+frame height (864 px at 1920x1080, enough for a rearing rat), padded with
+black where it leaves the frame, and is resized (area averaging) to
+``--crop-size`` px, RGB. The crops are cached as ``.npz`` (``--cache``).
+
+Protocol: ``StratifiedGroupKFold`` (5 folds, shuffled, seed 0) over clips, the
+groups being sessions and bare-number groups, so no session or run of
+neighbouring clips is split between training and test. Per fold one
+BehaveNet (``config/models/behavenet.yaml`` plus ``--override``) is trained
+on the training folds' clips (each clip one sequence of 16 frames; the last
+``data.val_fraction`` of each training clip is the validation block that
+picks the best epoch) and predicts the test clips frame by frame; a clip's
+prediction is the argmax of the mean of its 16 frames' probabilities.
+
+Scores (:func:`sipec_models.behaviour_metrics.clip_scores`): clip accuracy,
+macro-F1 and per-class F1, pooled over the 5 folds' test clips, and mean ±
+s.e.m. over folds; the same pooled scores for clips with a known session
+only and per cage (cage1, cage2, bare-number clips). Chance: the test
+labels permuted within each fold against the same predictions, median of 200
+permutations (accuracy and macro-F1 of the pooled clips).
+
+Anchor from the issue (not re-measured here): a frozen ImageNet
+EfficientNet-Lite0 linear probe on these folds, macro-F1 0.81 (chance 0.18);
+weakest classes genital_licking 0.64, face_washing 0.73, grooming 0.74. Goal:
+macro-F1 >= 0.88 and every class >= 0.75.
+
+The recommended configuration (the default ``--override`` list,
+``DEFAULT_OVERRIDES``) fine-tunes the whole ImageNet EfficientNet-Lite0 frame
+network (``frame_net.backbone=efficientnet_lite0``) on 96 px grey crops (the
+footage is grey: the three colour channels differ by about 3 grey levels, so
+``data.rgb=true`` costs the same and adds nothing) for 2 epochs (each epoch
+sees every clip 13 times, once per training frame, with augmentation:
+rotation +-15 deg and horizontal flips only, no vertical flips, since
+rearing is "up" in this side view); ``tcn.half_window=7``: a 15-frame window,
+about the 16-frame clip (SIPEC's ``n = 10`` needs 21 frames, more than a
+clip holds, so its windows would mostly repeat the clip's edge frames).
+The validation block (the last 3 frames of each training clip) comes from
+the training clips themselves, so it only guards against divergence; it
+does not estimate test performance.
+
+Result of this configuration (5 folds, 403 clips): pooled accuracy 0.81,
+macro-F1 0.78 (per fold 0.76 +- 0.03), chance 0.16: the goal (macro-F1 >=
+0.88, every class >= 0.75) is not met; face_washing (0.62), normal (0.67)
+and genital_licking (0.71) are the weak classes, and bare-number clips
+(macro-F1 0.58) are much harder than clips of known sessions (0.86).
+
+Run from the repository root (about 10 min per fold on one shared CPU
+thread, 53 min in all; ``tcn_train.epochs=10`` saves about 2 min per fold)::
+
+    .venv/bin/python benchmarks/rodent_clips_behavenet.py --out results/benchmarks/rodent_clips_behavenet.json
+
+``--override`` given on the command line replaces the default list
+(``--no-default-overrides`` to use the YAML as it is plus the overrides).
+``--max-clips N`` keeps a stratified random subset of N clips for a quick look.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "rodent_clips"
+CLASSES = ("face_washing", "genital_licking", "grooming", "head_raising", "normal", "rearing",
+           "wall_supported_rearing")
+DECODE_SIZE = (640, 360)  # (width, height) of the decoded frames used for locating and cropping
+CROP_FRACTION = 0.8  # crop side / frame height
+MIN_BLOB_PX = 400  # at 640x360
+GAP_FRAMES = 64  # bare-number clips within this many frames chain into one group
+DEFAULT_OVERRIDES = [
+    "frame_net.backbone=efficientnet_lite0", "data.rgb=false", "data.crop_size=96",
+    "frame_train.epochs=2", "frame_train.lr=3e-4", "frame_train.rotation_deg=15", "frame_train.vertical_flip=false",
+    "tcn.half_window=7", "tcn_train.epochs=30", "tcn_train.lr=3e-4",
+]
+ANCHOR = {"macro_f1": 0.81, "chance_macro_f1": 0.18,
+          "f1": {"genital_licking": 0.64, "face_washing": 0.73, "grooming": 0.74}}
+GOAL = {"macro_f1": 0.88, "min_class_f1": 0.75}
+
+log = logging.getLogger("rodent_clips_behavenet")
+
+
+# --------------------------------------------------------------------------- clips, sessions, groups
+
+
+def list_clips(root: Path) -> list[dict]:
+    """Every clip: path, class, session (None for bare numbers), cage (``cage1``/``cage2``/``bare``), number."""
+    clips = []
+    for k, name in enumerate(CLASSES):
+        for p in sorted((root / name).glob("*.mkv")):
+            stem = p.stem
+            if stem.startswith("cage"):
+                session = stem.rsplit("_", 1)[0]
+                clips.append({"path": p, "label": k, "session": session, "cage": stem.split("_", 1)[0],
+                              "number": None})
+            else:
+                m = re.match(r"\d+", stem)
+                if m is None:
+                    raise ValueError(f"{p}: neither a cage session nor a bare frame number")
+                clips.append({"path": p, "label": k, "session": None, "cage": "bare", "number": int(m.group())})
+    return clips
+
+
+def clip_groups(clips: list[dict], gap: int = GAP_FRAMES) -> np.ndarray:
+    """``(N,)`` group name per clip: its session, or ``bare<i>`` for a chain of bare numbers (gaps <= ``gap``)."""
+    groups = [c["session"] for c in clips]
+    bare = sorted((c["number"], i) for i, c in enumerate(clips) if c["session"] is None)
+    g, prev = -1, None
+    for num, i in bare:
+        if prev is None or num - prev > gap:
+            g += 1
+        groups[i], prev = f"bare{g}", num
+    return np.array(groups)
+
+
+# --------------------------------------------------------------------------- crops
+
+
+def locate(grey: np.ndarray) -> tuple[float, float] | None:
+    """Centre ``(x, y)`` of the largest bright blob of a ``(H, W)`` uint8 frame, or None."""
+    from scipy import ndimage
+
+    g = ndimage.gaussian_filter(grey.astype(np.float32), 2.0)
+    mask = g > max(90.0, float(np.median(g)) + 60.0)
+    lab, n = ndimage.label(mask)
+    if n == 0:
+        return None
+    sizes = np.bincount(lab.ravel())[1:]
+    k = int(sizes.argmax())
+    if sizes[k] < MIN_BLOB_PX:
+        return None
+    yy, xx = np.nonzero(lab == k + 1)
+    return float(xx.mean()), float(yy.mean())
+
+
+def clip_crops(path: Path, crop_size: int) -> tuple[np.ndarray, tuple[float, float], int, bool]:
+    """Decode a clip and crop the animal: ``(T, s, s, 3)`` uint8, centre (x, y) in 1920x1080 px, frames found,
+    whether the frame centre was used instead."""
+    import av
+    from PIL import Image
+
+    w, h = DECODE_SIZE
+    with av.open(str(path)) as c:
+        frames = [f.to_ndarray(format="rgb24", width=w, height=h) for f in c.decode(video=0)]
+    if not frames:
+        raise ValueError(f"{path}: no frames decoded")
+    centres = []
+    for f in frames:
+        grey = (0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]).astype(np.uint8)
+        c = locate(grey)
+        if c is not None:
+            centres.append(c)
+    fallback = not centres
+    cx, cy = (w / 2, h / 2) if fallback else tuple(np.median(np.array(centres), axis=0))
+    side = int(round(CROP_FRACTION * h))
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    out = []
+    for f in frames:
+        pad = np.zeros((side, side, 3), np.uint8)
+        xs, ys = max(0, x0), max(0, y0)
+        xe, ye = min(w, x0 + side), min(h, y0 + side)
+        pad[ys - y0:ye - y0, xs - x0:xe - x0] = f[ys:ye, xs:xe]
+        out.append(np.asarray(Image.fromarray(pad).resize((crop_size, crop_size), Image.BOX)))
+    scale = 1920 / w
+    return np.stack(out), (cx * scale, cy * scale), len(centres), fallback
+
+
+def load_crops(clips: list[dict], crop_size: int, cache: Path | None) -> dict:
+    """Crops of every clip (cached): ``crops (N, T, s, s, 3)``, ``centre (N, 2)``, ``found (N,)``, ``fallback``."""
+    names = np.array([f"{CLASSES[c['label']]}/{c['path'].name}" for c in clips])
+    if cache is not None and cache.exists():
+        z = np.load(cache)
+        if z["names"].tolist() == names.tolist() and z["crops"].shape[2] == crop_size:
+            return {k: z[k] for k in z.files}
+        log.info("cache %s does not match the clips: rebuilding", cache)
+    t0 = time.perf_counter()
+    crops, centre, found, fallback = [], [], [], []
+    for i, c in enumerate(clips):
+        a, ctr, n, fb = clip_crops(c["path"], crop_size)
+        if len(a) != 16:
+            log.warning("%s: %d frames (expected 16)", c["path"], len(a))
+            a = a[np.clip(np.arange(16), 0, len(a) - 1)]
+        crops.append(a)
+        centre.append(ctr)
+        found.append(n)
+        fallback.append(fb)
+        if (i + 1) % 50 == 0:
+            log.info("decoded %d/%d clips (%.0f s)", i + 1, len(clips), time.perf_counter() - t0)
+    out = {"names": names, "crops": np.stack(crops), "centre": np.array(centre), "found": np.array(found),
+           "fallback": np.array(fallback)}
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.stem + ".tmp.npz")
+        np.savez_compressed(tmp, **out)
+        tmp.replace(cache)
+    return out
+
+
+# --------------------------------------------------------------------------- scores
+
+
+def _scores(y, p):
+    from sipec_models.behaviour_metrics import clip_scores
+
+    s = clip_scores(np.asarray(y), np.asarray(p), CLASSES)
+    return s
+
+
+def chance(y: np.ndarray, p: np.ndarray, fold: np.ndarray, n: int = 200, seed: int = 0) -> dict:
+    """Median accuracy and macro-F1 of ``p`` against ``y`` permuted within each fold (``n`` permutations)."""
+    rng = np.random.default_rng(seed)
+    acc, f1 = [], []
+    for _ in range(n):
+        yp = y.copy()
+        for f in np.unique(fold):
+            idx = np.flatnonzero(fold == f)
+            yp[idx] = y[rng.permutation(idx)]
+        s = _scores(yp, p)
+        acc.append(s["accuracy"])
+        f1.append(s["macro_f1"])
+    return {"accuracy": float(np.median(acc)), "macro_f1": float(np.median(f1)), "n_permutations": n}
+
+
+def mean_sem(v) -> dict:
+    v = np.asarray(v, float)
+    return {"mean": float(v.mean()), "sem": float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else 0.0,
+            "values": v.tolist()}
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the fold split")
+    ap.add_argument("--only-folds", type=int, nargs="*", help="run only these folds (0-based), for screening")
+    ap.add_argument("--override", action="append", default=None,
+                    help="Hydra override of config/models/behavenet.yaml (repeatable; replaces the defaults)")
+    ap.add_argument("--no-default-overrides", action="store_true",
+                    help="without --override: the YAML as it is (the default list is DEFAULT_OVERRIDES)")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--crop-size", type=int, default=128, help="side of the cached crops, px (the network "
+                                                               "resizes them to data.crop_size)")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="crop cache .npz (default results/cache/rodent_clips_crops_<size>.npz)")
+    ap.add_argument("--max-clips", type=int, help="a stratified random subset of this many clips")
+    ap.add_argument("--save-crops", type=Path, help="write a PNG mosaic of some crops here and exit")
+    ap.add_argument("--rescore", type=Path, help="recompute the scores of a previous run's JSON (no training)")
+    ap.add_argument("--out", type=Path, default=Path("results/benchmarks/rodent_clips_behavenet.json"))
+    args = ap.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("pytorch_lightning", "pytorch_lightning.utilities.rank_zero", "lightning", "lightning.pytorch",
+                 "lightning_fabric", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(REPO))
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    from sipec_models.training.behavenet import BehaviourData, train_behavenet
+    from sipec_models.training.config import load_model_config
+
+    overrides = args.override if args.override is not None else ([] if args.no_default_overrides
+                                                                 else list(DEFAULT_OVERRIDES))
+    clips = list_clips(args.data)
+    if len(clips) == 0:
+        raise SystemExit(f"no clips under {args.data}")
+    prev = json.loads(args.rescore.read_text()) if args.rescore else None
+    if prev is not None:
+        if prev["predictions"]["clip"] != [f"{CLASSES[c['label']]}/{c['path'].name}" for c in clips]:
+            raise SystemExit(f"{args.rescore}: its clips are not the clips under {args.data}")
+        overrides = prev["overrides"]
+    cfg = load_model_config("behavenet", overrides)
+    if prev is not None:
+        y = np.array([c["label"] for c in clips])
+        out = summarise(args, cfg, overrides, clips, y, clip_groups(clips), np.array([c["cage"] for c in clips]),
+                        np.array(prev["predictions"]["pred"]), np.array(prev["predictions"]["fold"]), prev["folds"],
+                        prev["n_fallback_centre"], prev["crop_size_cached"])
+        out.update({k: prev[k] for k in ("threads", "max_clips", "only_folds", "fold_seed") if k in prev})
+        return write(out, args.out)
+    cache = args.cache or REPO / "results" / "cache" / f"rodent_clips_crops_{args.crop_size}.npz"
+    data = load_crops(clips, args.crop_size, cache)
+    crops = data["crops"]
+    y = np.array([c["label"] for c in clips])
+    groups = clip_groups(clips)
+    cage = np.array([c["cage"] for c in clips])
+    n_fallback = int(data["fallback"].sum())
+    log.info("%d clips, %d groups, %d clips cropped at the frame centre (no animal found)", len(clips),
+             len(set(groups)), n_fallback)
+
+    if args.save_crops:
+        from PIL import Image
+
+        rng = np.random.default_rng(0)
+        rows = []
+        for k in range(len(CLASSES)):
+            idx = rng.choice(np.flatnonzero(y == k), 6, replace=False)
+            rows.append(np.concatenate([np.concatenate([crops[i, 0], crops[i, 15]], 0) for i in idx], 1))
+        Image.fromarray(np.concatenate(rows, 0)).save(args.save_crops)
+        return {}
+
+    keep = np.arange(len(clips))
+    if args.max_clips and args.max_clips < len(clips):
+        from sklearn.model_selection import train_test_split
+
+        keep, _ = train_test_split(keep, train_size=args.max_clips, stratify=y, random_state=0)
+        keep = np.sort(keep)
+    skf = StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=args.seed)
+    splits = list(skf.split(keep, y[keep], groups[keep]))
+
+    pred = np.full(len(clips), -1)
+    prob = np.full((len(clips), len(CLASSES)), np.nan)
+    fold_of = np.full(len(clips), -1)
+    folds = []
+    T = crops.shape[1]
+    for f, (tr, te) in enumerate(splits):
+        if args.only_folds is not None and f not in args.only_folds:
+            continue
+        tr, te = keep[tr], keep[te]
+        t0 = time.perf_counter()
+        train = BehaviourData(crops[tr].reshape(-1, *crops.shape[2:]), np.repeat(y[tr], T), np.repeat(tr, T))
+        model = train_behavenet(train, list(CLASSES), cfg)
+        t_train = time.perf_counter() - t0
+        p = model.predict_proba(crops[te].reshape(-1, *crops.shape[2:]), np.repeat(te, T))
+        p = p.reshape(len(te), T, -1).mean(1)
+        prob[te], pred[te], fold_of[te] = p, p.argmax(1), f
+        s = _scores(y[te], pred[te])
+        folds.append({"fold": f, "n_train": int(len(tr)), "n_test": int(len(te)),
+                      "test_groups": sorted(set(groups[te].tolist())), "accuracy": s["accuracy"],
+                      "macro_f1": s["macro_f1"], "f1": s["f1"], "train_s": t_train,
+                      "total_s": time.perf_counter() - t0,
+                      "best_val_frame": model.history["frame"][-1]["best_val_macro_f1"],
+                      "best_val_tcn": model.history.get("tcn", [{}])[-1].get("best_val_macro_f1")})
+        log.info("fold %d: %d train / %d test clips, acc %.3f, macro-F1 %.3f, %.0f s", f, len(tr), len(te),
+                 s["accuracy"], s["macro_f1"], folds[-1]["total_s"])
+
+    out = summarise(args, cfg, overrides, clips, y, groups, cage, pred, fold_of, folds, n_fallback, args.crop_size)
+    return write(out, args.out)
+
+
+def summarise(args, cfg, overrides, clips, y, groups, cage, pred, fold_of, folds, n_fallback, crop_size) -> dict:
+    from sipec_models.training.config import to_dict
+
+    done = fold_of >= 0
+    pooled = _scores(y[done], pred[done])
+    subsets = {}
+    for name, m in (("known_session", cage != "bare"), ("cage1", cage == "cage1"), ("cage2", cage == "cage2"),
+                    ("bare_number", cage == "bare")):
+        m = m & done
+        if m.any():
+            s = _scores(y[m], pred[m])
+            present = [CLASSES[k] for k in np.unique(y[m])]
+            subsets[name] = {k: s[k] for k in ("n_clips", "accuracy", "f1")}
+            # macro-F1 over the classes present in the subset (the bare-number clips hold every ``normal`` clip,
+            # so the others have no ``normal`` clip to score)
+            subsets[name]["macro_f1"] = float(np.mean([s["f1"][k] for k in present]))
+            subsets[name]["classes_present"] = present
+    ch = chance(y[done], pred[done], fold_of[done])
+    goal_met = bool(pooled["macro_f1"] >= GOAL["macro_f1"] and min(pooled["f1"].values()) >= GOAL["min_class_f1"])
+    out = {
+        "config": to_dict(cfg), "overrides": overrides, "crop_size_cached": crop_size,
+        "crop_method": {"decode_size": DECODE_SIZE, "crop_side_fraction_of_height": CROP_FRACTION,
+                        "min_blob_px": MIN_BLOB_PX, "threshold": "max(90, median + 60) after Gaussian sigma 2",
+                        "centre": "median over the clip of the largest blob's centre of mass"},
+        "n_clips": int(done.sum()), "n_groups": int(len(set(groups[done].tolist()))),
+        "n_fallback_centre": n_fallback, "folds": folds, "fold_seed": args.seed,
+        "pooled": pooled, "per_fold": {"accuracy": mean_sem([d["accuracy"] for d in folds]),
+                                       "macro_f1": mean_sem([d["macro_f1"] for d in folds])},
+        "subsets": subsets, "chance": ch, "anchor_efficientnet_probe": ANCHOR, "goal": GOAL, "goal_met": goal_met,
+        "runtime_s": {"per_fold": [d["total_s"] for d in folds], "total": float(sum(d["total_s"] for d in folds))},
+        "threads": args.threads, "max_clips": args.max_clips, "only_folds": args.only_folds,
+        "predictions": {"clip": [f"{CLASSES[c['label']]}/{c['path'].name}" for c in clips], "fold": fold_of.tolist(),
+                        "pred": pred.tolist(), "group": groups.tolist()},
+    }
+    return out
+
+
+def write(out: dict, path: Path | None) -> dict:
+    print_table(out)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2, default=float) + "\n")
+        print(f"wrote {path}")
+    return out
+
+
+def print_table(out: dict) -> None:
+    p, sub, ch = out["pooled"], out["subsets"], out["chance"]
+    cols = ["pooled"] + list(sub)
+    rows = [("clips", [p["n_clips"]] + [sub[c]["n_clips"] for c in sub]),
+            ("accuracy", [p["accuracy"]] + [sub[c]["accuracy"] for c in sub]),
+            ("macro-F1", [p["macro_f1"]] + [sub[c]["macro_f1"] for c in sub])]
+    for k in CLASSES:
+        rows.append((f"F1 {k}", [p["f1"][k]] + [sub[c]["f1"][k] if k in sub[c]["classes_present"] else None
+                                               for c in sub]))
+    print("\nBehaveNet on rodent_clips, session-grouped CV; overrides:", " ".join(out["overrides"]))
+    print(f"{'':28s}" + "".join(f"{c:>14s}" for c in cols) + f"{'anchor':>10s}")
+    for name, vals in rows:
+        anchor = ANCHOR["macro_f1"] if name == "macro-F1" else ANCHOR["f1"].get(name[3:]) if name.startswith("F1 ") \
+            else None
+        cells = "".join(f"{'-':>14s}" if v is None else f"{v:14d}" if isinstance(v, int) else f"{v:14.3f}"
+                        for v in vals)
+        print(f"{name:28s}{cells}{'' if anchor is None else f'{anchor:10.2f}'}")
+    pf = out["per_fold"]
+    print(f"per fold: accuracy {pf['accuracy']['mean']:.3f} ± {pf['accuracy']['sem']:.3f}, macro-F1 "
+          f"{pf['macro_f1']['mean']:.3f} ± {pf['macro_f1']['sem']:.3f} (mean ± s.e.m.)")
+    print(f"chance (labels permuted within folds, median of {ch['n_permutations']}): accuracy {ch['accuracy']:.3f}, "
+          f"macro-F1 {ch['macro_f1']:.3f}; anchor probe chance macro-F1 {ANCHOR['chance_macro_f1']:.2f}")
+    print("runtime per fold, s:", ", ".join(f"{t:.0f}" for t in out["runtime_s"]["per_fold"]),
+          f"(total {out['runtime_s']['total']:.0f} s, {out['threads']} thread(s)); "
+          f"{out['n_fallback_centre']} clip(s) cropped at the frame centre")
+    print(f"goal (macro-F1 >= {GOAL['macro_f1']}, every class >= {GOAL['min_class_f1']}):",
+          "met" if out["goal_met"] else "NOT met")
+
+
+if __name__ == "__main__":
+    main()
