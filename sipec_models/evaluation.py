@@ -240,6 +240,8 @@ def ablation_figure(table: pd.DataFrame, path, title: str, xlabel: str, score: s
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from sipec_models.plots import save_figure
+
     groups = list(table.groupby("model", sort=False)) if "model" in table else [(None, table)]
     fig, ax = plt.subplots(figsize=(5, 3.6), dpi=120)
     for c, (name, t) in enumerate(groups):
@@ -263,8 +265,7 @@ def ablation_figure(table: pd.DataFrame, path, title: str, xlabel: str, score: s
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    _save_atomic(fig, path)
-    plt.close(fig)
+    save_figure(fig, path, dpi=None)
 
 
 def comparable_ablation(table: pd.DataFrame) -> pd.DataFrame:
@@ -294,17 +295,6 @@ def pose_ablation_figure(tables: Sequence, path, radius: float = 5.0) -> pd.Data
     ablation_figure(table, path, "Pose: PCK on held-out time blocks", "labelled training frames", "pck",
                     f"PCK@{radius:g} px")
     return table
-
-
-def _save_atomic(fig, path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        fig.savefig(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_csv(table: pd.DataFrame, path) -> None:

@@ -13,6 +13,22 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
+def save_figure(fig, out: str | os.PathLike, dpi: float | None = 110) -> None:
+    """Write ``fig`` to ``out`` atomically (a temporary file, then a rename) and close it.
+
+    The format follows ``out``'s suffix; ``dpi=None``: matplotlib's default.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}{out.suffix}")
+    try:
+        fig.savefig(tmp, dpi=dpi)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
 def trajectory_figure(table: pd.DataFrame, width: int, height: int, out: str | os.PathLike,
                       title: str = "", bins: int = 48) -> None:
     """Trajectories (left) and occupancy (right) of every animal of one video.
@@ -39,15 +55,7 @@ def trajectory_figure(table: pd.DataFrame, width: int, height: int, out: str | o
                        norm=matplotlib.colors.LogNorm() if occupancy.count() else None)
     fig.colorbar(im, ax=ax_occ, label="fraction of frames")
     ax_occ.set(xlabel="x (px)", ylabel="y (px)", title="occupancy (all animals)")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    save_figure(fig, out)
 
 
 def ethogram_figure(table: pd.DataFrame, behaviours: list[str], fps: float, out: str | os.PathLike,
@@ -80,12 +88,4 @@ def ethogram_figure(table: pd.DataFrame, behaviours: list[str], fps: float, out:
         ax.set_ylabel(str(animal), rotation=0, ha="right", va="center")
     axes[-1, 0].set_xlabel("time (s)")
     axes[0, 0].set_title(f"{title} ethogram".strip())
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
+    save_figure(fig, out)

@@ -137,7 +137,7 @@ def test_behaviour_is_trained_run_per_chunk_and_merged(models_run):
     probs = detected[[f"{b}_prob" for b in meta["names"]]].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
     # Exclusive behaviours: at most one call per animal and frame.
-    assert (table[meta["names"]].sum(1) <= 1).all()
+    assert (table[meta["names"]].sum(axis=1) <= 1).all()
     bouts = pd.read_csv(models_run / "results/arena_1/bouts.csv")
     assert list(bouts.columns) == ["video", "animal", "behaviour", "start", "stop", "n_frames", "start_s", "stop_s",
                                    "duration_s"]

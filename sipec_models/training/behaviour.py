@@ -179,14 +179,6 @@ def run_train_behavenet(sources: Iterable[Mapping[str, Any]], out: str | os.Path
     return model
 
 
-def slot_keypoints(pose_stores: Sequence[str | os.PathLike], n_frames: int
-                   ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``(keypoints (T, A, K, 2), confidence (T, A, K), node names)`` of a video's pose chunk stores."""
-    from sipec_models.tables import read_pose_chunks
-
-    return read_pose_chunks(pose_stores, n_frames)
-
-
 def pose_slot_features(points: np.ndarray, conf: np.ndarray, nodes: Sequence[str], fps: float, px_per_cm: float,
                        cfg: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Pose features of every slot, computed run by run.
@@ -236,6 +228,7 @@ def run_train_pose_classifier(sources: Iterable[Mapping[str, Any]], out: str | o
     stop at its ends); its thresholds and minimum bouts are chosen as the
     config says and stored with it.
     """
+    from sipec_models.tables import read_pose_chunks
     from sipec_models.training.pose_classifier import save_pose_classifier, train_pose_classifier
 
     cfg = to_dict(load_model_config("pose_classifier", overrides))
@@ -249,7 +242,7 @@ def run_train_pose_classifier(sources: Iterable[Mapping[str, Any]], out: str | o
         fps0 = fps0 or fps
         y, n = _source_labels(src, group, behaviours, max_distance)
         names = _check_names(n, names, src)
-        points, conf, nodes = slot_keypoints(src["pose"], int(group.attrs["n_frames"]))
+        points, conf, nodes = read_pose_chunks(src["pose"], int(group.attrs["n_frames"]))
         f, _, fnames = pose_slot_features(points, conf, nodes, fps, float(src["px_per_cm"]), cfg)
         use = np.isfinite(f).all(-1) & np.isfinite(y).all(-1)
         seq = slot_sequences(use)
