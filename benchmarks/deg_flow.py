@@ -56,31 +56,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sipec_models.flow_loss import FlowLossConfig, flow_loss, photometric_error, reconstruct, zero_flow_loss
+from sipec_models.flow_loss import FlowLossConfig, flow_loss, photometric_error, zero_flow_loss
 from sipec_models.nets.flow import count_parameters, upsample_flow
 from sipec_models.training.config import load_model_config
 from sipec_models.training.flow import Clip, gather_windows, read_video_frames, train_flow_generator, window_index
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 DEFAULT_VIDEO = DATA / "dlc_openfield" / "videos" / "m3v1mp4.mp4"
-
-
-def flow_to_rgb(flow: np.ndarray, max_magnitude: float) -> np.ndarray:
-    """``(2, H, W)`` flow (px) -> ``(H, W, 3)`` RGB in [0, 1]: hue = direction, value = magnitude / max (clipped)."""
-    from matplotlib.colors import hsv_to_rgb
-
-    dx, dy = flow
-    hue = (np.arctan2(dy, dx) + np.pi) / (2 * np.pi)
-    value = np.clip(np.hypot(dx, dy) / max(max_magnitude, 1e-6), 0, 1)
-    return hsv_to_rgb(np.stack([hue, np.ones_like(hue), value], -1))
-
-
-def colour_wheel(n: int = 64) -> np.ndarray:
-    """A legend: the colour of each direction at full magnitude (``(n, n, 3)``)."""
-    y, x = np.mgrid[-1:1:complex(n), -1:1:complex(n)]
-    rgb = flow_to_rgb(np.stack([x, y]), 1.0)
-    rgb[np.hypot(x, y) > 1] = 1.0
-    return rgb
 
 
 @torch.no_grad()
@@ -114,41 +96,11 @@ def evaluate(model, clips, index, loss_cfg, batch_size: int, threshold: float) -
 
 
 def figure(worst, out: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sipec_models.plots import save_figure
+    """The held-out frame pair with the most motion: :func:`sipec_models.plots.flow_figure`."""
+    from sipec_models.plots import flow_figure
 
     _, x, full, k = worst
-    pair_frames = x[:, k:k + 2]  # (1, 2, C, H, W)
-    flow = full[:, 2 * k:2 * k + 2]  # (1, 2, H, W) input px
-    target, recon = reconstruct(pair_frames, flow)
-    _, recon0 = reconstruct(pair_frames, torch.zeros_like(flow))
-    err_flow = (target - recon).abs().mean(1)[0].numpy()
-    err_zero = (target - recon0).abs().mean(1)[0].numpy()
-    f = flow[0].numpy()
-    mag = np.hypot(f[0], f[1])
-    vmax_flow = max(float(np.percentile(mag, 99.5)), 0.5)
-    vmax_err = max(float(err_zero.max()), 1e-3)
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4), constrained_layout=True)
-    axes[0].imshow(target[0].mean(0).numpy(), cmap="gray", vmin=0, vmax=1)
-    axes[0].set_title("frame t")
-    axes[1].imshow(flow_to_rgb(f, vmax_flow))
-    axes[1].set_title(f"flow t -> t+1 (value: |flow|, max {vmax_flow:.1f} px)")
-    inset = axes[1].inset_axes([0.78, 0.0, 0.22, 0.22])
-    inset.imshow(colour_wheel())
-    inset.set_xticks([]), inset.set_yticks([])
-    im = axes[2].imshow(err_zero, cmap="magma", vmin=0, vmax=vmax_err)
-    axes[2].set_title(f"|error| zero flow (mean {err_zero.mean():.4f})")
-    axes[3].imshow(err_flow, cmap="magma", vmin=0, vmax=vmax_err)
-    axes[3].set_title(f"|error| with flow (mean {err_flow.mean():.4f})")
-    for ax in axes:
-        ax.set_xticks([]), ax.set_yticks([])
-    fig.colorbar(im, ax=axes[2:], shrink=0.8, label="|I_t - reconstruction| (intensity, 0-1)")
-    fig.suptitle(title)
-    save_figure(fig, out)
+    flow_figure(x[0, k:k + 2], full[0, 2 * k:2 * k + 2], out, title)
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
-"""BehaveNet against the pose-based classifier on the demo (SIPEC Fig. 3c's comparison), same split.
+"""BehaveNet and DeepEthogram against the pose-based classifier on the demo (SIPEC Fig. 3c's comparison), same split.
 
-Split by video: both models train on ``arena_0`` and are scored on
+Split by video: all models train on ``arena_0`` and are scored on
 ``arena_1`` (600 frames x 3 animals each, 25 fps), on the demo's exclusive
 behaviours walk, pause, rear, groom (``resources/demo/arena_*/behaviour.csv``).
 
@@ -12,6 +12,12 @@ behaviours walk, pause, rear, groom (``resources/demo/arena_*/behaviour.csv``).
   (:func:`sipec_models.inference.behave.behavenet_probs`) and the calls of
   the merged tables (:func:`sipec_models.tables.behaviour_calls`). Run the
   workflow first (``make run``) so that both video stores exist.
+* ``deepethogram``: the workflow's entries
+  (:mod:`sipec_models.training.deepethogram`): flow generator, two-stream
+  feature extractor and TGM sequence model trained in series on arena_0's
+  animal crops (``config/models/deepethogram.yaml`` plus ``--deg-override``,
+  e.g. ``deg_preset=medium``), then features and probabilities of arena_1's
+  crops, called with the per-behaviour thresholds chosen on validation.
 * ``pose_classifier``: Sturman et al.'s features of the demo's *true*
   keypoints (``keypoints.csv``: snout, ears, tail base in every frame; an
   upper bound for a pose pipeline) per animal, in cm (px per cm from the
@@ -151,6 +157,70 @@ def run_behavenet(args, animals: list[str]) -> tuple[np.ndarray, np.ndarray, dic
     return np.nan_to_num(p), c, info
 
 
+def _plan_file(path: Path, n_frames: int) -> Path:
+    path.write_text(json.dumps({"n_frames": n_frames, "chunk_size": n_frames,
+                                "chunks": [{"chunk": 0, "start": 0, "stop": n_frames}]}))
+    return path
+
+
+def run_deepethogram(args, animals: list[str]) -> tuple[np.ndarray, np.ndarray, dict]:
+    """DeepEthogram's three stages on arena_0's crops (the workflow's entries), then arena_1's crops."""
+    import torch
+
+    from sipec_models.io.store import open_store
+    from sipec_models.tables import behaviour_calls
+    from sipec_models.training.deepethogram import (deepethogram_probs, deg_features_of_block,
+                                                    run_extract_deg_features, run_train_deg_features,
+                                                    run_train_deg_flow, run_train_deg_sequence)
+    from sipec_models.training.deg_features import load_feature_extractor
+    from sipec_models.training.flow import load_flow_generator
+
+    store0 = args.results / "arena_0" / "arena_0.zarr"
+    src = {"video": "arena_0", "store": str(store0), "labels": str(args.demo / "arena_0" / "behaviour.csv"),
+           "format": "frames", "positions": str(args.demo / "arena_0" / "centroids.csv"), "frames": None}
+    ov = args.deg_override
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        flow = run_train_deg_flow([src], tmp / "flow.pt", ov, progress=False,
+                                  figure=args.out.with_name(args.out.stem + "_flow.png") if args.out else None)
+        feats = run_train_deg_features([src], tmp / "flow.pt", tmp / "features.pt", ov, behaviours=BEHAVIOURS,
+                                       max_distance=args.max_distance, progress=False)
+        T0 = int(open_store(store0).attrs["n_frames"])
+        f0 = run_extract_deg_features(store0, _plan_file(tmp / "plan.json", T0), 0, tmp / "flow.pt",
+                                      tmp / "features.pt", tmp / "f0.zarr")
+        model = run_train_deg_sequence([{**src, "features": [str(f0)]}], tmp / "deg.pt", ov, behaviours=BEHAVIOURS,
+                                       max_distance=args.max_distance, progress=False)
+        train_s = time.perf_counter() - t0
+        flow_model = load_flow_generator(tmp / "flow.pt")
+        extractor, _ = load_feature_extractor(tmp / "features.pt")
+    g = open_store(args.results / "arena_1" / "arena_1.zarr")
+    com, crops = g["com"][...].astype(np.float64), g["crop"][...]
+    valid = np.isfinite(com).all(-1)
+    speed = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        x = deg_features_of_block(crops, valid, flow_model, extractor, list(flow_model.input_size))
+        probs = deepethogram_probs(model, x)
+        speed.append(len(com) / (time.perf_counter() - t0))
+    if list(model.names) != BEHAVIOURS:
+        raise ValueError(f"DeepEthogram behaviours {model.names} differ from {BEHAVIOURS}")
+    pp = {"thresholds": np.asarray(model.thresholds).tolist(), "min_frames": np.asarray(model.min_bout_frames).tolist(),
+          "fps": float(g.attrs["fps"])}
+    calls = behaviour_calls(probs, True, pp, float(g.attrs["fps"]))
+    slots = animal_slots(args.demo / "arena_1" / "centroids.csv", com, animals, args.max_distance)
+    pick, rows = np.maximum(slots, 0), np.arange(len(slots))[:, None]
+    p, c = probs[rows, pick], calls[rows, pick]
+    p[slots < 0], c[slots < 0] = 0.0, False
+    info = {"train_s": round(train_s, 1), "frames_per_s_median": float(np.median(speed)),
+            "frames_per_s_runs": [round(s, 1) for s in speed], "threads": torch.get_num_threads(),
+            "flow": {k: flow[k] for k in ("best_val_loss", "zero_flow_val_loss", "input_size")},
+            "features_val_macro_f1": feats.get("val_macro_f1"),
+            "sequence_val_macro_f1": (model.history or {}).get("best_val_macro_f1"), "postprocess": pp,
+            "overrides": list(ov)}
+    return np.nan_to_num(p), c, info
+
+
 def run_pose_classifier(args, animals: list[str]) -> tuple[np.ndarray, np.ndarray, dict]:
     from sipec_models.training.config import load_model_config
     from sipec_models.training.pose_classifier import (
@@ -191,6 +261,10 @@ def main(argv=None) -> int:
     ap.add_argument("--demo", type=Path, default=REPO / "resources" / "demo")
     ap.add_argument("--behavenet-override", action="append", default=[],
                     help="Hydra override of config/models/behavenet.yaml (repeatable)")
+    ap.add_argument("--deg-override", action="append", default=[],
+                    help="Hydra override of config/models/deepethogram.yaml (repeatable), e.g. deg_preset=medium")
+    ap.add_argument("--models", nargs="+", default=["pose_classifier", "behavenet", "deepethogram"],
+                    choices=["pose_classifier", "behavenet", "deepethogram"])
     ap.add_argument("--pose-override", action="append", default=[],
                     help="Hydra override of config/models/pose_classifier.yaml (repeatable)")
     ap.add_argument("--max-distance", type=float, default=10.0, help="px between a labelled animal and its track")
@@ -211,25 +285,31 @@ def main(argv=None) -> int:
     animals = json.loads((args.demo / "arena_1" / "meta.json").read_text())["animals"]
     y1 = truth(args.demo, "arena_1", animals)
     result = {"split": "train arena_0, test arena_1", "behaviours": BEHAVIOURS, "animals": animals, "models": {}}
-    for name, fn in (("pose_classifier", run_pose_classifier), ("behavenet", run_behavenet)):
-        probs, calls, info = fn(args, animals)
+    runners = {"pose_classifier": run_pose_classifier, "behavenet": run_behavenet, "deepethogram": run_deepethogram}
+    for name in args.models:
+        probs, calls, info = runners[name](args, animals)
         result["models"][name] = {**scores(y1, calls, probs, animals), **info}
-    pairs = [(result["models"]["behavenet"]["per_animal_f1"][a][b], result["models"]["pose_classifier"]
-              ["per_animal_f1"][a][b]) for a in animals for b in BEHAVIOURS]
-    d = np.array(pairs)
-    result["wilcoxon"] = {"pairs": "(animal, behaviour) F1", "n": len(pairs),
-                          "median_difference_behavenet_minus_pose": float(np.median(d[:, 0] - d[:, 1])),
-                          "p_value": float(wilcoxon(d[:, 0], d[:, 1]).pvalue) if np.any(d[:, 0] != d[:, 1]) else 1.0}
+    result["wilcoxon"] = {}
+    names = list(result["models"])
+    for i, a_name in enumerate(names):
+        for b_name in names[i + 1:]:
+            d = np.array([(result["models"][a_name]["per_animal_f1"][a][b],
+                           result["models"][b_name]["per_animal_f1"][a][b]) for a in animals for b in BEHAVIOURS])
+            result["wilcoxon"][f"{a_name} - {b_name}"] = {
+                "pairs": "(animal, behaviour) F1", "n": len(d), "median_difference": float(np.median(d[:, 0] - d[:, 1])),
+                "p_value": float(wilcoxon(d[:, 0], d[:, 1]).pvalue) if np.any(d[:, 0] != d[:, 1]) else 1.0}
     print(f"\n{'model':16s} {'macro-F1':>9s} {'chance':>7s} {'acc':>6s} " + " ".join(f"{b:>6s}" for b in BEHAVIOURS))
     for name, r in result["models"].items():
         print(f"{name:16s} {r['macro_f1']:9.3f} {r['chance_macro_f1']['mean']:7.3f} {r['frame_accuracy'] or 0:6.3f} "
               + " ".join(f"{r['per_behaviour_f1'][b]:6.3f}" for b in BEHAVIOURS))
-    w = result["wilcoxon"]
-    print(f"Wilcoxon over {w['n']} (animal, behaviour) F1 pairs: median BehaveNet - pose "
-          f"{w['median_difference_behavenet_minus_pose']:+.3f}, p = {w['p_value']:.3g}")
-    bn = result["models"]["behavenet"]
-    print(f"BehaveNet CPU inference ({bn['threads']} threads): {bn['frames_per_s_median']:.1f} frames/s "
-          f"({bn['animals_per_frame']} animals per frame; runs {bn['frames_per_s_runs']})")
+    for pair, w in result["wilcoxon"].items():
+        print(f"Wilcoxon over {w['n']} (animal, behaviour) F1 pairs: median {pair} "
+              f"{w['median_difference']:+.3f}, p = {w['p_value']:.3g}")
+    for name in ("behavenet", "deepethogram"):
+        if name in result["models"]:
+            r = result["models"][name]
+            print(f"{name} CPU inference ({r['threads']} threads): {r['frames_per_s_median']:.1f} frames/s of "
+                  f"{len(animals)} animals (runs {r['frames_per_s_runs']})")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))

@@ -232,3 +232,112 @@ def com_speed(com: np.ndarray, fps: float, scale_px: float) -> np.ndarray:
         v = np.where(hi > lo, v, 0.0)
         out[ok, a, 0] = np.log1p(v[ok])
     return out
+
+
+#: Columns every pair-label table has besides its behaviours.
+PAIR_COLUMNS = ("frame", "animal_a", "animal_b")
+
+
+def load_pair_labels(path: str | os.PathLike, behaviours: Sequence[str] | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """A per-frame table of pair behaviours: ``frame, animal_a, animal_b`` and one 0/1 column per behaviour.
+
+    One row per labelled frame and pair of animals (the demo's
+    ``social.csv``); the order of ``animal_a`` and ``animal_b`` does not matter.
+
+    Returns:
+        ``frame (N,) int64``, ``pair (N, 2) str`` (names sorted within each
+        row), ``y (N, C) float32`` and the ``C`` behaviour names.
+
+    Raises:
+        ValueError: naming the file: unreadable, missing columns, no
+            behaviour column, values other than 0/1, unknown behaviours.
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path, sep=None, engine="python")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ValueError(f"{path}: cannot read the pair-label table ({exc})") from None
+    missing = [c for c in PAIR_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"{path}: pair-label table lacks column(s) {', '.join(missing)} (needs frame, animal_a, "
+                         f"animal_b and one 0/1 column per behaviour; has {', '.join(map(str, table.columns))})")
+    names = [str(c) for c in table.columns if c not in PAIR_COLUMNS]
+    if behaviours:
+        unknown = [b for b in behaviours if b not in names]
+        if unknown:
+            raise ValueError(f"{path}: behaviour(s) {', '.join(unknown)} not in the file (it has {', '.join(names)})")
+        names = list(behaviours)
+    if not names:
+        raise ValueError(f"{path}: pair-label table has no behaviour column")
+    y = table[names].to_numpy(np.float32)
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError(f"{path}: behaviour columns must hold 0 or 1")
+    pair = np.sort(table[["animal_a", "animal_b"]].astype(str).to_numpy(), axis=1)
+    if (pair[:, 0] == pair[:, 1]).any():
+        raise ValueError(f"{path}: a row pairs an animal with itself")
+    return table["frame"].to_numpy(np.int64), pair, y, names
+
+
+def pair_slot_labels(labels: str | os.PathLike, com: np.ndarray, pair_slots: Sequence[Sequence[int]],
+                     positions: str | os.PathLike, frames: Sequence[int] | None = None,
+                     behaviours: Sequence[str] | None = None, max_distance: float = 20.0
+                     ) -> tuple[np.ndarray, list[str]]:
+    """Pair-behaviour labels of a video put on its pairs of track slots.
+
+    Per labelled frame, the animals of ``positions`` are matched to the slot
+    centres of mass as in :func:`slot_labels`; a labelled pair whose two
+    animals both match lands on the pair of their slots.
+
+    Args:
+        labels: a pair-label table (:func:`load_pair_labels`).
+        com: ``(T, A, 2)`` slot centres of mass, frame px (NaN: empty slot).
+        pair_slots: the ``P`` slot pairs ``(i, j)`` of the social stores, ``i < j``.
+        positions: table ``frame, animal, x, y`` of the labelled animals (:func:`read_positions`).
+        frames: ``[start, stop)``: only these frames count as labelled.
+        behaviours: the behaviours to keep, in this order (default: all of the file's).
+        max_distance: px between a labelled animal and its slot.
+
+    Returns:
+        ``(y (T, P, C) float32, names)``: 0/1 on matched pairs, NaN elsewhere.
+
+    Raises:
+        ValueError: naming the file: frames outside the video, animals
+            without positions, or no labelled pair matched to slots.
+    """
+    path = Path(labels)
+    T = com.shape[0]
+    f, pair, y, names = load_pair_labels(path, behaviours)
+    if len(f) and (f.max() >= T or f.min() < 0):
+        raise ValueError(f"{path}: labels frame {int(f.max())} but the video has {T} frames")
+    if frames is not None:
+        keep = (f >= frames[0]) & (f < frames[1])
+        f, pair, y = f[keep], pair[keep], y[keep]
+    pos = read_positions(positions)
+    animals = list(dict.fromkeys(pair.ravel().tolist()))
+    missing = sorted(set(animals) - set(pos["animal"]))
+    if missing:
+        raise ValueError(f"{positions}: no positions for labelled animal(s) {', '.join(missing)}")
+    xy = np.full((T, len(animals), 2), np.nan)
+    pos = pos[pos["animal"].isin(animals) & (pos["frame"] >= 0) & (pos["frame"] < T)]
+    xy[pos["frame"].to_numpy(int), [animals.index(a) for a in pos["animal"]]] = pos[["x", "y"]].to_numpy(float)
+    index = {tuple(sorted(int(s) for s in p)): k for k, p in enumerate(pair_slots)}
+    out = np.full((T, len(pair_slots), len(names)), np.nan, np.float32)
+    slot_of: dict[int, dict[str, int]] = {}
+    matched = 0
+    for r, t in enumerate(f):
+        if t not in slot_of:
+            slot_of[t] = {animals[i]: s for i, s in _match_frame(xy[t], com[t], max_distance)}
+        sa, sb = slot_of[t].get(pair[r, 0]), slot_of[t].get(pair[r, 1])
+        if sa is None or sb is None:
+            continue
+        k = index.get(tuple(sorted((sa, sb))))
+        if k is not None:
+            out[t, k] = y[r]
+            matched += 1
+    log.info("%s: %d of %d labelled pair-frames matched to pairs of track slots (within %.0f px)", path, matched,
+             len(f), max_distance)
+    if matched == 0:
+        raise ValueError(f"{path}: no labelled pair has both animals within {max_distance:g} px of tracked animals; "
+                         "check the positions table and behaviour.max_distance")
+    return out, names

@@ -14,11 +14,17 @@ problem and exit with status 1.
     sipec identify    identity probabilities of each animal of one chunk (IdNet)
     sipec social      social interaction events of one chunk (pairs of animals)
     sipec pose        keypoints of each animal of one chunk (PoseNet or LEAP)
+    sipec behave      behaviour probabilities of each animal of one chunk (BehaveNet or pose classifier)
+    sipec behave-pairs  pair-behaviour probabilities of the social events of one chunk (BehaveNet on pair crops)
     sipec merge       per-animal table (CSV + Parquet), social events, trajectory figure
     sipec summary     cohort summary over the per-animal tables
     sipec train-segnet    train SegNet from COCO or VIA instance polygons
     sipec train-idnet     train IdNet from identity labels (table or SLEAP tracks)
     sipec train-pose      train PoseNet or LEAP from SLEAP or DeepLabCut keypoint labels
+    sipec train-behavenet  train BehaveNet from behaviour labels (--pairs: pair labels of social events)
+    sipec train-pose-classifier  train the pose-based behaviour classifier from behaviour labels
+    sipec train-flow / train-features / train-sequence  train DeepEthogram's three stages in series
+    sipec extract-features  DeepEthogram features of each animal of one chunk
     sipec export-pose     a video's merged keypoints to SLEAP (.slp) and DeepLabCut (CSV)
     sipec evaluate-segnet k-fold mask AP and label-count ablation of SegNet
     sipec evaluate-pose   k-fold pose error and label-count ablation of PoseNet or LEAP
@@ -124,21 +130,60 @@ def cmd_merge(args) -> None:
     run_merge(args.store, args.video_id, args.probe, args.csv, args.parquet, args.figure,
               identify=args.identify, smoothing=args.smoothing, social=args.social,
               social_options=args.social_options, events_csv=args.events, pose=args.pose,
-              behave=args.behave, bouts_csv=args.bouts, ethogram_figure=args.ethogram)
+              behave=args.behave, bouts_csv=args.bouts, ethogram_figure=args.ethogram,
+              social_behave=args.social_behave, pair_behaviour_csv=args.pair_behaviour)
 
 
 def cmd_train_behaviour(args) -> None:
     from sipec_models.training.behaviour import run_train_behavenet, run_train_pose_classifier
 
-    train = run_train_behavenet if args.model == "behavenet" else run_train_pose_classifier
-    train(args.sources, args.out, overrides=args.overrides, behaviours=args.behaviours or None,
-          max_distance=args.max_distance, metrics_out=args.metrics)
+    if args.model == "behavenet":
+        run_train_behavenet(args.sources, args.out, overrides=args.overrides, behaviours=args.behaviours or None,
+                            max_distance=args.max_distance, metrics_out=args.metrics, pairs=args.pairs)
+    else:
+        run_train_pose_classifier(args.sources, args.out, overrides=args.overrides,
+                                  behaviours=args.behaviours or None, max_distance=args.max_distance,
+                                  metrics_out=args.metrics)
 
 
 def cmd_behave(args) -> None:
     from sipec_models.inference.behave import run_behave
 
-    run_behave(args.store, args.plan, args.chunk, args.checkpoint, args.out, pose=args.pose, px_per_cm=args.px_per_cm)
+    run_behave(args.store, args.plan, args.chunk, args.checkpoint, args.out, pose=args.pose, px_per_cm=args.px_per_cm,
+               features=args.features)
+
+
+def cmd_train_flow(args) -> None:
+    from sipec_models.training.deepethogram import run_train_deg_flow
+
+    run_train_deg_flow(args.sources, args.out, overrides=args.overrides, metrics_out=args.metrics, figure=args.figure)
+
+
+def cmd_train_features(args) -> None:
+    from sipec_models.training.deepethogram import run_train_deg_features
+
+    run_train_deg_features(args.sources, args.flow, args.out, overrides=args.overrides,
+                           behaviours=args.behaviours or None, max_distance=args.max_distance,
+                           metrics_out=args.metrics)
+
+
+def cmd_extract_features(args) -> None:
+    from sipec_models.training.deepethogram import run_extract_deg_features
+
+    run_extract_deg_features(args.store, args.plan, args.chunk, args.flow, args.features, args.out)
+
+
+def cmd_train_sequence(args) -> None:
+    from sipec_models.training.deepethogram import run_train_deg_sequence
+
+    run_train_deg_sequence(args.sources, args.out, overrides=args.overrides, behaviours=args.behaviours or None,
+                           max_distance=args.max_distance, metrics_out=args.metrics)
+
+
+def cmd_behave_pairs(args) -> None:
+    from sipec_models.inference.behave import run_behave_pairs
+
+    run_behave_pairs(args.social, args.store, args.plan, args.chunk, args.checkpoint, args.out)
 
 
 def cmd_identify(args) -> None:
@@ -307,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="behave chunk stores: <behaviour>_prob and <behaviour> (call) columns")
     p.add_argument("--bouts", type=Path, help="bout table CSV (with --behave)")
     p.add_argument("--ethogram", type=Path, help="ethogram raster PNG (with --behave)")
+    p.add_argument("--social-behave", nargs="*", default=[], type=Path,
+                   help="behave-pairs chunk stores: pair behaviour of the social events (with --social)")
+    p.add_argument("--pair-behaviour", type=Path, help="per-frame pair behaviour CSV (with --social-behave)")
     p.set_defaults(func=cmd_merge)
 
     for name, what in (("train-behavenet", "BehaveNet (behaviour from the animals' masked crops)"),
@@ -321,6 +369,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of the model config")
         p.add_argument("--metrics", type=Path, help="training summary JSON")
         p.add_argument("--out", required=True, type=Path, help="checkpoint (.pt)")
+        if name == "train-behavenet":
+            p.add_argument("--pairs", action="store_true",
+                           help='train on the pair crops of social events: sources also give "social" (the '
+                                'video\'s social chunk stores) and "labels" is a pair-label table (frame, '
+                                'animal_a, animal_b, one 0/1 column per behaviour)')
         p.set_defaults(func=cmd_train_behaviour, model="behavenet" if name == "train-behavenet" else "pose_classifier")
 
     p = sub.add_parser("behave", help="behaviour probabilities of each animal of one chunk (BehaveNet or pose "
@@ -331,8 +384,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, type=Path, help="BehaveNet or pose-classifier checkpoint")
     p.add_argument("--pose", nargs="*", default=[], type=Path, help="the video's pose chunk stores (pose classifier)")
     p.add_argument("--px-per-cm", type=float, help="image px per cm (pose classifier)")
+    p.add_argument("--features", nargs="*", default=[], type=Path,
+                   help="the video's extract-features chunk stores (DeepEthogram)")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=cmd_behave)
+
+    deg_sources = ('JSON list of {"video", "store", "labels", "format", "positions", "frames"} (train-sequence: '
+                   'also "features", the video\'s extract-features chunk stores)')
+    p = sub.add_parser("train-flow", help="train DeepEthogram's flow generator on the animals' crops (no labels)")
+    p.add_argument("--sources", required=True, type=_json_list, help='JSON list of {"video", "store"}')
+    p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of config/models/deepethogram.yaml")
+    p.add_argument("--metrics", type=Path, help="training summary JSON")
+    p.add_argument("--figure", type=Path, help="PNG: a held-out frame pair, its flow and the reconstruction errors")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint (.pt)")
+    p.set_defaults(func=cmd_train_flow)
+    for name, func, what in (("train-features", cmd_train_features, "DeepEthogram's two-stream feature extractor"),
+                             ("train-sequence", cmd_train_sequence, "DeepEthogram's TGM sequence model")):
+        p = sub.add_parser(name, help=f"train {what} from behaviour labels of tracked videos")
+        p.add_argument("--sources", required=True, type=_json_list, help=deg_sources)
+        if name == "train-features":
+            p.add_argument("--flow", required=True, type=Path, help="flow-generator checkpoint (train-flow)")
+        p.add_argument("--behaviours", nargs="*", default=[], help="behaviours to train on (default: all labelled)")
+        p.add_argument("--max-distance", type=float, default=20.0,
+                       help="px: largest distance between a labelled animal's position and its track")
+        p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of config/models/deepethogram.yaml")
+        p.add_argument("--metrics", type=Path, help="training summary JSON")
+        p.add_argument("--out", required=True, type=Path, help="checkpoint (.pt)")
+        p.set_defaults(func=func)
+    p = sub.add_parser("extract-features", help="DeepEthogram features of each animal of one chunk")
+    p.add_argument("--store", required=True, type=Path, help="the consolidated video store (from track)")
+    p.add_argument("--plan", required=True, type=Path)
+    p.add_argument("--chunk", required=True, type=int)
+    p.add_argument("--flow", required=True, type=Path, help="flow-generator checkpoint (train-flow)")
+    p.add_argument("--features", required=True, type=Path, help="feature-extractor checkpoint (train-features)")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_extract_features)
+
+    p = sub.add_parser("behave-pairs", help="pair-behaviour probabilities of the social events of one chunk "
+                                            "(BehaveNet trained with --pairs)")
+    p.add_argument("--social", required=True, nargs="+", type=Path, help="the video's social chunk stores")
+    p.add_argument("--store", required=True, type=Path, help="the consolidated video store (from track)")
+    p.add_argument("--plan", required=True, type=Path)
+    p.add_argument("--chunk", required=True, type=int)
+    p.add_argument("--checkpoint", required=True, type=Path, help="BehaveNet checkpoint trained on pair crops")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(func=cmd_behave_pairs)
 
     p = sub.add_parser("identify", help="IdNet identity probabilities of one chunk")
     p.add_argument("video", type=Path)

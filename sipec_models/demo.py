@@ -16,6 +16,9 @@ the video ``<outdir>/<id>.mp4`` and a ground-truth folder ``<outdir>/<id>/``:
                               ``labeled-data/<id>/img<frame>.png`` beside it (a DLC
                               project layout that ``sleap_io.load_dlc`` reads)
 ``behaviour.csv``             ``frame, animal, walk, pause, rear, groom, touch`` (0/1)
+``social.csv``                ``frame, animal_a, animal_b, touch`` (0/1): every frame and
+                              pair of animals (names in sorted order), 1 where the two
+                              outlines lie within ``CONTACT_MM`` of each other
 ``positions_3d.csv``          ``frame, animal, X_mm, Y_mm, Z_mm, heading_deg``
 ``camera.json``               the pinhole camera that renders the scene
 ``meta.json``                 parameters, animal names and appearance, behaviours, seed,
@@ -63,6 +66,7 @@ Determinism: the same parameters and seed give byte-identical ground truth (the
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -431,6 +435,8 @@ class Trajectories:
         rear, groom: smoothed posture levels in [0, 1] that shape the body.
         tail_bend, tail_curvature: tail angle at its base (rad) and its curvature (rad/mm).
         touch: bool, the outline lies within ``CONTACT_MM`` of another animal's.
+        touch_pair: ``(T, P)`` bool, the outlines of pair ``p`` (animal pairs
+            ``i < j`` in :func:`itertools.combinations` order) lie within ``CONTACT_MM``.
     """
 
     x: np.ndarray
@@ -443,6 +449,7 @@ class Trajectories:
     tail_bend: np.ndarray
     tail_curvature: np.ndarray
     touch: np.ndarray
+    touch_pair: np.ndarray
 
     def shape(self, apps: list[Appearance], frame: int, animal: int) -> _Shape:
         return _shape(apps[animal], self.rear[frame, animal], self.groom[frame, animal])
@@ -675,7 +682,8 @@ def simulate(
         out["tail_curvature"][f] = sim.curv
         states[f] = sim.state
 
-    traj = Trajectories(state=states, touch=np.zeros((T, n), bool), **out)
+    traj = Trajectories(state=states, touch=np.zeros((T, n), bool), touch_pair=np.zeros((T, n * (n - 1) // 2), bool),
+                        **out)
     _label_touch(traj, apps)
     return traj
 
@@ -694,14 +702,13 @@ def _tail_inside(pose, bend: float, curvature: float, margin: float = 2.0) -> fl
 
 
 def _label_touch(traj: Trajectories, apps: list[Appearance]) -> None:
-    """Fill ``traj.touch``: outlines (rendered poses) within CONTACT_MM of each other."""
+    """Fill ``traj.touch`` and ``traj.touch_pair``: outlines (rendered poses) within CONTACT_MM of each other."""
     T, n = traj.x.shape
     for f in range(T):
         poses = [(traj.x[f, i], traj.y[f, i], traj.heading[f, i], traj.shape(apps, f, i)) for i in range(n)]
-        for i in range(n):
-            for j in range(i + 1, n):
-                if _pair_gap(poses[i], poses[j], cutoff=CONTACT_MM) <= CONTACT_MM:
-                    traj.touch[f, i] = traj.touch[f, j] = True
+        for p, (i, j) in enumerate(itertools.combinations(range(n), 2)):
+            if _pair_gap(poses[i], poses[j], cutoff=CONTACT_MM) <= CONTACT_MM:
+                traj.touch[f, i] = traj.touch[f, j] = traj.touch_pair[f, p] = True
 
 
 # --------------------------------------------------------------------------------------
@@ -1030,6 +1037,21 @@ def _write_behaviour(path: Path, traj: Trajectories, apps: list[Appearance]) -> 
     df.to_csv(path, index=False)
 
 
+def _write_social(path: Path, traj: Trajectories, apps: list[Appearance]) -> None:
+    T = traj.touch_pair.shape[0]
+    names = [sorted((apps[i].name, apps[j].name)) for i, j in itertools.combinations(range(len(apps)), 2)]
+    P = len(names)
+    df = pd.DataFrame(
+        {
+            "frame": np.repeat(np.arange(T), P),
+            "animal_a": np.tile([a for a, _ in names], T),
+            "animal_b": np.tile([b for _, b in names], T),
+            "touch": traj.touch_pair.ravel().astype(np.int8),
+        }
+    )
+    df.to_csv(path, index=False)
+
+
 def _write_positions(path: Path, traj: Trajectories, apps: list[Appearance]) -> None:
     T, n = traj.x.shape
     df = pd.DataFrame(
@@ -1084,6 +1106,7 @@ _TRUTH_FILES = (
     "keypoints.csv",
     "keypoints_dlc.csv",
     "behaviour.csv",
+    "social.csv",
     "positions_3d.csv",
     "camera.json",
     "meta.json",
@@ -1178,6 +1201,7 @@ def _render_video(outdir: Path, index: int, meta: dict, seed: int, bar) -> None:
         _write_keypoints(truth_dir / "keypoints.csv", truth)
         _write_dlc(truth_dir / "keypoints_dlc.csv", truth, dlc_frames)
         _write_behaviour(truth_dir / "behaviour.csv", traj, apps)
+        _write_social(truth_dir / "social.csv", traj, apps)
         _write_positions(truth_dir / "positions_3d.csv", traj, apps)
         _write_json(truth_dir / "camera.json", cam.to_dict())
         _write_json(truth_dir / "meta.json", meta)

@@ -89,3 +89,62 @@ def ethogram_figure(table: pd.DataFrame, behaviours: list[str], fps: float, out:
     axes[-1, 0].set_xlabel("time (s)")
     axes[0, 0].set_title(f"{title} ethogram".strip())
     save_figure(fig, out)
+
+
+def flow_to_rgb(flow: np.ndarray, max_magnitude: float) -> np.ndarray:
+    """``(2, H, W)`` flow (px) -> ``(H, W, 3)`` RGB in [0, 1]: hue = direction, value = magnitude / max (clipped)."""
+    from matplotlib.colors import hsv_to_rgb
+
+    dx, dy = flow
+    hue = (np.arctan2(dy, dx) + np.pi) / (2 * np.pi)
+    value = np.clip(np.hypot(dx, dy) / max(max_magnitude, 1e-6), 0, 1)
+    return hsv_to_rgb(np.stack([hue, np.ones_like(hue), value], -1))
+
+
+def colour_wheel(n: int = 64) -> np.ndarray:
+    """A legend for :func:`flow_to_rgb`: the colour of each direction at full magnitude (``(n, n, 3)``)."""
+    y, x = np.mgrid[-1:1:complex(n), -1:1:complex(n)]
+    rgb = flow_to_rgb(np.stack([x, y]), 1.0)
+    rgb[np.hypot(x, y) > 1] = 1.0
+    return rgb
+
+
+def flow_figure(pair, flow, out: str | os.PathLike, title: str = "") -> None:
+    """A frame, its optic flow to the next frame and the reconstruction error without and with the flow.
+
+    Args:
+        pair: ``(2, C, H, W)`` frames ``t, t + 1`` in [0, 1] (tensor or array).
+        flow: ``(2, H, W)`` flow ``t -> t + 1`` in px of the frames (``dx`` right, ``dy`` down): frame ``t``
+            at ``(x, y)`` is frame ``t + 1`` at ``(x + dx, y + dy)``.
+    """
+    import torch
+
+    from sipec_models.flow_loss import reconstruct
+
+    pair = torch.as_tensor(pair).float()[None]
+    flow = torch.as_tensor(flow).float()[None]
+    target, recon = reconstruct(pair, flow)
+    _, recon0 = reconstruct(pair, torch.zeros_like(flow))
+    err_flow = (target - recon).abs().mean(1)[0].numpy()
+    err_zero = (target - recon0).abs().mean(1)[0].numpy()
+    f = flow[0].numpy()
+    vmax_flow = max(float(np.percentile(np.hypot(f[0], f[1]), 99.5)), 0.5)
+    vmax_err = max(float(err_zero.max()), 1e-3)
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4), constrained_layout=True)
+    axes[0].imshow(target[0].mean(0).numpy(), cmap="gray", vmin=0, vmax=1)
+    axes[0].set_title("frame t")
+    axes[1].imshow(flow_to_rgb(f, vmax_flow))
+    axes[1].set_title(f"flow t -> t+1 (value: |flow|, max {vmax_flow:.1f} px)")
+    inset = axes[1].inset_axes([0.78, 0.0, 0.22, 0.22])
+    inset.imshow(colour_wheel())
+    inset.set_xticks([]), inset.set_yticks([])
+    im = axes[2].imshow(err_zero, cmap="magma", vmin=0, vmax=vmax_err)
+    axes[2].set_title(f"|error| zero flow (mean {err_zero.mean():.4f})")
+    axes[3].imshow(err_flow, cmap="magma", vmin=0, vmax=vmax_err)
+    axes[3].set_title(f"|error| with flow (mean {err_flow.mean():.4f})")
+    for ax in axes:
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.colorbar(im, ax=axes[2:], shrink=0.8, label="|I_t - reconstruction| (intensity, 0-1)")
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, out)

@@ -297,3 +297,51 @@ def read_social_chunks(paths: Sequence[str | Path], n_frames: int) -> tuple[np.n
     if event is None:
         raise ValueError("no social chunk stores given")
     return event, overlap, pair_slots
+
+
+def read_social_frames(paths: Sequence[str | Path], start: int, stop: int,
+                       fields: Sequence[str] = ("pair_event", "pair_com", "pair_crop"),
+                       pair: int | None = None) -> dict[str, np.ndarray]:
+    """Frames ``[start, stop)`` of a video's social chunk stores, stitched across chunks.
+
+    Args:
+        paths: the video's social chunk stores (any order).
+        fields: arrays of :func:`social_arrays` to read.
+        pair: read only this pair (drops the ``pair`` dimension).
+
+    Returns:
+        ``{field: array}`` with ``stop - start`` frames; frames no store
+        covers are zeros (``pair_com``: NaN), as if no event were found.
+
+    Raises:
+        ValueError: no stores, or stores of different pairs (naming one).
+    """
+    if not paths:
+        raise ValueError("no social chunk stores given")
+    out: dict[str, np.ndarray] = {}
+    pair_slots = None
+    for p in paths:
+        g = open_store(p)
+        s, e = int(g.attrs["frame_start"]), int(g.attrs["frame_stop"])
+        slots = [tuple(x) for x in g.attrs["pairs"]]
+        if pair_slots is None:
+            pair_slots = slots
+            for k in fields:
+                shape = g[k].shape[1:] if pair is None else g[k].shape[2:]
+                fill = np.nan if k == "pair_com" else 0
+                out[k] = np.full((stop - start,) + tuple(shape), fill, g[k].dtype)
+        elif slots != pair_slots:
+            raise ValueError(f"{p}: pairs {slots} differ from the other chunks' {pair_slots}; re-run its social job")
+        lo, hi = max(s, start), min(e, stop)
+        if lo >= hi:
+            continue
+        for k in fields:
+            out[k][lo - start:hi - start] = g[k][lo - s:hi - s] if pair is None else g[k][lo - s:hi - s, pair]
+    return out
+
+
+def social_pairs(paths: Sequence[str | Path]) -> list[tuple[int, int]]:
+    """The slot pairs of a video's social chunk stores."""
+    if not paths:
+        raise ValueError("no social chunk stores given")
+    return [tuple(x) for x in open_store(paths[0]).attrs["pairs"]]

@@ -328,7 +328,7 @@ def identities_of_slots(store, identify: Sequence[str | os.PathLike], smoothing:
 def run_merge(store, video_id: str, probe_json, csv, parquet, figure, identify: Sequence[str] = (),
               smoothing: str = "track", social: Sequence[str] = (), social_options=None, events_csv=None,
               pose: Sequence[str] = (), behave: Sequence[str] = (), bouts_csv=None,
-              ethogram_figure=None) -> pd.DataFrame:
+              ethogram_figure=None, social_behave: Sequence[str] = (), pair_behaviour_csv=None) -> pd.DataFrame:
     """Write the per-animal table (CSV and Parquet) and the trajectory figure of a video.
 
     With ``identify`` chunk stores, rows are keyed by identity (see
@@ -340,7 +340,11 @@ def run_merge(store, video_id: str, probe_json, csv, parquet, figure, identify: 
     ``;``-separated); with ``behave`` chunk stores, the table gains
     ``<behaviour>_prob`` and ``<behaviour>`` (the call after thresholds and
     minimum bouts, :func:`behaviour_calls`), the bouts go to ``bouts_csv``
-    (:func:`bout_table`) and the ethogram raster to ``ethogram_figure``.
+    (:func:`bout_table`) and the ethogram raster to ``ethogram_figure``;
+    with ``social_behave`` chunk stores (pair behaviour of the social
+    events), the per-frame pair behaviour goes to ``pair_behaviour_csv``
+    (:func:`pair_behaviour_table`) and the events gain the bout's pair
+    behaviour (:func:`events_with_behaviour`).
     """
     from sipec_models.plots import trajectory_figure
 
@@ -357,6 +361,12 @@ def run_merge(store, video_id: str, probe_json, csv, parquet, figure, identify: 
     if social:
         events = _social_events(store, social, identity, info.fps, video_id, social_options)
         table["social_partners"] = _partners(table, events)
+    if social_behave:
+        if events is None or pair_behaviour_csv is None:
+            raise ValueError("pair-behaviour chunk stores need the social chunk stores and a pair_behaviour_csv")
+        pairs, pnames = pair_behaviour_table(store, social_behave, identity, info.fps, video_id)
+        events = events_with_behaviour(events, pairs, pnames)
+        _write_atomic(pairs, Path(pair_behaviour_csv), "csv")
     if events is not None:
         if events_csv is None:
             raise ValueError("social chunk stores given but no events_csv to write")
@@ -438,19 +448,85 @@ def run_export_pose(table_path: str | os.PathLike, video: str | os.PathLike, slp
     return labels
 
 
+def _slot_names(group, identity, n_frames: int) -> np.ndarray:
+    """``(T, A)`` object array naming each slot's animal per frame: identities when identified, else track names."""
+    track_names = np.asarray(group.attrs.get("animal_names") or animal_names(group.attrs["n_animals"]), dtype=object)
+    if identity is None:
+        return np.tile(track_names, (n_frames, 1))
+    assignment, _, names = identity
+    named = np.asarray(names, dtype=object)[np.maximum(assignment, 0)]
+    return np.where(assignment >= 0, named, "unidentified")
+
+
 def _social_events(store, social, identity, fps, video_id, options) -> pd.DataFrame:
     from sipec_models.social import SocialConfig, event_table, read_social_chunks
 
     group = open_store(store)
-    n_frames, n_slots = group.attrs["n_frames"], group.attrs["n_animals"]
+    n_frames = group.attrs["n_frames"]
     event, overlap, pair_slots = read_social_chunks(social, n_frames)
-    track_names = np.asarray(group.attrs.get("animal_names") or animal_names(n_slots), dtype=object)
-    slot_names = np.tile(track_names, (n_frames, 1))
-    if identity is not None:
-        assignment, _, names = identity
-        named = np.asarray(names, dtype=object)[np.maximum(assignment, 0)]
-        slot_names = np.where(assignment >= 0, named, "unidentified")
-    return event_table(event, overlap, pair_slots, slot_names, fps, video_id, SocialConfig.from_dict(options))
+    return event_table(event, overlap, pair_slots, _slot_names(group, identity, n_frames), fps, video_id,
+                       SocialConfig.from_dict(options))
+
+
+def pair_behaviour_table(store, social_behave: Sequence[str | os.PathLike], identity, fps: float,
+                         video_id: str) -> tuple[pd.DataFrame, list[str]]:
+    """Per-frame pair behaviour of the social events: one row per frame and pair with an event.
+
+    Reads the ``behave_pairs`` chunk stores (:func:`~sipec_models.inference.behave.run_behave_pairs`),
+    calls behaviours along each pair's runs of event frames as for single
+    animals (:func:`behaviour_calls`) and names the pair like the per-animal
+    table (identities when identified).
+
+    Returns:
+        ``(table, behaviours)``; columns ``video, frame, time_s, animal_a,
+        animal_b`` (names sorted), ``<behaviour>_prob`` (0-1) and
+        ``<behaviour>`` (bool call) per behaviour.
+    """
+    group = open_store(store)
+    n_frames = int(group.attrs["n_frames"])
+    probs, names, attrs = read_behaviour_chunks(social_behave, n_frames)
+    calls = behaviour_calls(probs, bool(attrs["multilabel"]), dict(attrs.get("postprocess") or {}), fps)
+    slot_names = _slot_names(group, identity, n_frames)
+    rows = []
+    for k, (i, j) in enumerate(attrs["pairs"]):
+        t = np.flatnonzero(np.isfinite(probs[:, k]).all(-1))
+        if not len(t):
+            continue
+        ab = np.sort(np.stack([slot_names[t, i].astype(str), slot_names[t, j].astype(str)], 1), axis=1)
+        part = {"video": video_id, "frame": t, "time_s": t / fps, "animal_a": ab[:, 0], "animal_b": ab[:, 1]}
+        for c, b in enumerate(names):
+            part[f"{b}_prob"] = probs[t, k, c]
+            part[b] = calls[t, k, c]
+        rows.append(pd.DataFrame(part))
+    columns = ["video", "frame", "time_s", "animal_a", "animal_b"] + [x for b in names for x in (f"{b}_prob", b)]
+    table = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=columns)
+    return table.sort_values(["frame", "animal_a", "animal_b"], ignore_index=True)[columns], names
+
+
+def events_with_behaviour(events: pd.DataFrame, pairs: pd.DataFrame, behaviours: Sequence[str]) -> pd.DataFrame:
+    """Interaction bouts with their pair behaviour: ``<behaviour>_prob`` (mean over the bout's frames) and
+    ``behaviour`` (the behaviour called on most of its frames; empty when none is)."""
+    events = events.copy()
+    key = pairs.set_index(["animal_a", "animal_b", "frame"]).sort_index()
+    means = {b: np.full(len(events), np.nan) for b in behaviours}
+    top = np.full(len(events), "", dtype=object)
+    for r, ev in enumerate(events.itertuples()):
+        try:
+            sel = key.loc[(ev.animal_a, ev.animal_b)]
+        except KeyError:
+            continue
+        sel = sel[(sel.index >= ev.start_frame) & (sel.index < ev.stop_frame)]
+        if not len(sel):
+            continue
+        for b in behaviours:
+            means[b][r] = sel[f"{b}_prob"].mean()
+        counts = sel[list(behaviours)].astype(bool).sum()
+        if counts.max() > 0:
+            top[r] = str(counts.idxmax())
+    for b in behaviours:
+        events[f"{b}_prob"] = means[b]
+    events["behaviour"] = top
+    return events
 
 
 def _partners(table: pd.DataFrame, events: pd.DataFrame) -> np.ndarray:

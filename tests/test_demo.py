@@ -18,7 +18,7 @@ N_FRAMES = 60
 SIZE = 256
 TRUTH_FILES = [
     "masks_coco.json", "identities.csv", "centroids.csv", "keypoints.csv", "keypoints_dlc.csv",
-    "behaviour.csv", "positions_3d.csv", "camera.json", "meta.json",
+    "behaviour.csv", "social.csv", "positions_3d.csv", "camera.json", "meta.json",
 ]
 
 
@@ -38,6 +38,7 @@ def truth(rendered):
         "centroids": pd.read_csv(d / "centroids.csv"),
         "keypoints": pd.read_csv(d / "keypoints.csv"),
         "behaviour": pd.read_csv(d / "behaviour.csv"),
+        "social": pd.read_csv(d / "social.csv"),
         "positions": pd.read_csv(d / "positions_3d.csv"),
         "identities": pd.read_csv(d / "identities.csv"),
         "camera": json.loads((d / "camera.json").read_text()),
@@ -168,6 +169,18 @@ def test_behaviour_labels(truth):
     assert b[list(demo.LABELS)].isin([0, 1]).all().all()
     touching = b.groupby("frame")["touch"].sum()
     assert not (touching == 1).any()  # touch takes two
+
+
+def test_social_labels_agree_with_touch(truth):
+    """Pair contacts: one row per frame and pair, and an animal touches exactly when some pair of it does."""
+    s, b = truth["social"], truth["behaviour"]
+    assert list(s.columns) == ["frame", "animal_a", "animal_b", "touch"]
+    assert len(s) == 3 * N_FRAMES
+    assert (s["animal_a"] < s["animal_b"]).all()
+    per_animal = pd.concat([s.rename(columns={"animal_a": "animal"}), s.rename(columns={"animal_b": "animal"})])
+    any_pair = per_animal.groupby(["frame", "animal"])["touch"].max()
+    merged = b.set_index(["frame", "animal"])["touch"]
+    assert (any_pair.reindex(merged.index).to_numpy() == merged.to_numpy()).all()
 
 
 def test_simulation_bouts_walls_and_contacts():

@@ -35,6 +35,14 @@ MODELS_DEMO = {
         "overrides": ["data.crop_size=32", "frame_net.width_mult=0.25", "frame_net.middle_blocks=1",
                       "frame_train.epochs=2", "tcn.half_window=3", "tcn.channels=[16]", "tcn_train.epochs=15",
                       "tcn.motion_input=true"],
+        "social": {
+            "enabled": True,
+            "labels": [{"video": "arena_0", "labels": "resources/demo/arena_0/social.csv",
+                        "positions": "resources/demo/arena_0/centroids.csv"}],
+            "behaviours": ["touch"],
+            "overrides": ["data.crop_size=32", "frame_net.width_mult=0.25", "frame_net.middle_blocks=1",
+                          "frame_train.epochs=2", "tcn.half_window=3", "tcn.channels=[16]", "tcn_train.epochs=5"],
+        },
     },
     "evaluation": {"identity_truth": {"arena_1": "resources/demo/arena_1/identities.csv"}},
 }
@@ -86,7 +94,8 @@ def test_identity_accuracy_beats_chance_on_an_unseen_video(models_run):
 def test_social_events_table(models_run):
     events = pd.read_csv(models_run / "results/arena_0/social_events.csv")
     assert list(events.columns) == ["video", "animal_a", "animal_b", "start_frame", "stop_frame", "n_frames",
-                                    "start_s", "duration_s", "mean_overlap", "max_overlap"]
+                                    "start_s", "duration_s", "mean_overlap", "max_overlap",
+                                    "touch_prob", "background_prob", "behaviour"]  # the last three: pair behaviour
     truth = pd.read_csv(models_run / "resources/demo/arena_0/behaviour.csv")
     if len(events):
         assert set(events["animal_a"]) | set(events["animal_b"]) <= NAMES
@@ -146,6 +155,24 @@ def test_behaviour_is_trained_run_per_chunk_and_merged(models_run):
 
 
 @pytest.mark.slow
+def test_pair_behaviour_is_trained_run_per_chunk_and_merged(models_run):
+    meta = json.loads((models_run / "results/models/behavenet_pairs_training.json").read_text())
+    assert meta["input"] == "pair" and meta["names"] == ["touch", "background"] and meta["n_labelled"] > 0
+    chunk = open_store(models_run / "results/arena_1/behave_pairs/chunk_0001.zarr")
+    assert chunk.attrs["behaviour_model"] == "behavenet_pairs" and chunk.attrs["pairs"] == [[0, 1], [0, 2], [1, 2]]
+    assert chunk["behaviour_prob"].shape == (50, 3, 2)
+    social = open_store(models_run / "results/arena_1/social/chunk_0001.zarr")
+    np.testing.assert_array_equal(np.isfinite(chunk["behaviour_prob"][...]).all(-1), social["pair_event"][...])
+    pairs = pd.read_csv(models_run / "results/arena_1/pair_behaviour.csv")
+    assert list(pairs.columns) == ["video", "frame", "time_s", "animal_a", "animal_b", "touch_prob", "touch",
+                                   "background_prob", "background"]
+    assert set(pairs["animal_a"]) | set(pairs["animal_b"]) <= NAMES and len(pairs) > 0
+    events = pd.read_csv(models_run / "results/arena_1/social_events.csv", keep_default_na=False)
+    assert {"touch_prob", "background_prob", "behaviour"} <= set(events.columns)
+    assert set(events["behaviour"]) <= {"touch", "background", ""}
+
+
+@pytest.mark.slow
 def test_tiny_behavenet_beats_chance_on_the_unseen_video(models_run):
     """Frame accuracy of the behave probabilities on arena_1 (never trained on) against circularly shifted labels."""
     from sipec_models.behaviour_data import slot_labels
@@ -179,6 +206,13 @@ def test_bad_behaviour_config_stops_before_any_job(tmp_path, behaviour, message)
     assert message in result.stdout, result.stdout[-3000:]
 
 
+def test_pair_behaviour_without_social_events_stops_before_any_job(tmp_path):
+    behaviour = {"social": {"enabled": True, "labels": [{"video": "arena_0", "labels": "x.csv", "positions": "y.csv"}]}}
+    config = {**SMALL_DEMO, "behaviour": behaviour, "social": {"enabled": False}}
+    result = run_snakemake(write_workdir(tmp_path, config), "--cores", "1", "--dry-run")
+    assert result.returncode != 0 and "social.enabled is false" in result.stdout, result.stdout[-3000:]
+
+
 def test_segnet_without_labels_or_model_stops_before_any_job(tmp_path):
     config = {**SMALL_DEMO, "segmentation": {"method": "segnet"}}
     result = run_snakemake(write_workdir(tmp_path, config), "--cores", "1", "--dry-run")
@@ -191,3 +225,33 @@ def test_identification_with_unknown_video_stops_before_any_job(tmp_path):
     result = run_snakemake(write_workdir(tmp_path, config), "--cores", "1", "--dry-run")
     assert result.returncode != 0
     assert "video 'nope' is not in" in result.stdout
+
+
+@pytest.mark.slow
+def test_deepethogram_replaces_behavenet_in_the_workflow(models_run, tmp_path):
+    """behaviour.model: deepethogram on the same tracked demo: train_flow -> train_features -> extract_features
+    -> train_sequence -> behave -> merge, reusing segmentation and tracking (a copy of the run's workdir)."""
+    import shutil
+
+    from tests.test_deepethogram_rules import TINY_DEG
+
+    workdir = tmp_path / "deg"
+    shutil.copytree(models_run, workdir, symlinks=True)
+    config = {**MODELS_DEMO, "behaviour": {**MODELS_DEMO["behaviour"], "model": "deepethogram", "overrides": TINY_DEG,
+                                           "social": {"enabled": False}}}
+    write_workdir(workdir, config)
+    result = run_snakemake(workdir, "--cores", "2", "all", "--rerun-triggers", "mtime")
+    assert result.returncode == 0, result.stdout[-8000:]
+    for rule in ("train_flow", "train_features", "extract_features", "train_sequence", "behave", "merge"):
+        assert f"rule {rule}:" in result.stdout, rule
+    assert "rule segment:" not in result.stdout and "rule train_behavenet:" not in result.stdout
+    models = workdir / "results/models"
+    assert (models / "deg_flow.png").stat().st_size > 0
+    meta = json.loads((models / "deepethogram_training.json").read_text())
+    assert meta["names"] == ["walk", "pause", "rear", "groom"]
+    chunk = open_store(workdir / "results/arena_1/behave/chunk_0001.zarr")
+    assert chunk.attrs["behaviour_model"] == "deepethogram" and chunk["behaviour_prob"].shape == (50, 3, 4)
+    features = open_store(workdir / "results/arena_1/deg_features/chunk_0001.zarr")
+    assert features["deg_features"].shape == (50, 3, 1024)
+    table = pd.read_parquet(workdir / "results/arena_1/animals.parquet")
+    assert {"walk_prob", "walk", "groom_prob", "groom"} <= set(table.columns)

@@ -31,7 +31,7 @@ from sipec_models.io.store import open_store, provenance, spec_field, write_stor
 
 log = logging.getLogger(__name__)
 
-MODELS = ("behavenet", "pose_classifier")
+MODELS = ("behavenet", "pose_classifier", "deepethogram")
 
 
 def behavenet_probs(model, crops: np.ndarray, valid: np.ndarray, motion: np.ndarray | None = None) -> np.ndarray:
@@ -106,12 +106,19 @@ def load_behaviour_model(checkpoint: str | os.PathLike, device: str | None = Non
         from sipec_models.training.pose_classifier import load_pose_classifier
 
         return "pose_classifier", load_pose_classifier(checkpoint)
-    raise ValueError(f"{checkpoint}: neither a BehaveNet nor a pose-classifier checkpoint (format {fmt!r})")
+    from sipec_models.training.deg_sequence import FORMAT as DEG_FORMAT
+
+    if fmt == DEG_FORMAT:
+        from sipec_models.training.deg_sequence import load_sequence_model
+
+        return "deepethogram", load_sequence_model(checkpoint, device=device)
+    raise ValueError(f"{checkpoint}: not a BehaveNet, pose-classifier or DeepEthogram sequence checkpoint "
+                     f"(format {fmt!r})")
 
 
 def run_behave(store: str | os.PathLike, plan: str | os.PathLike, chunk: int, checkpoint: str | os.PathLike,
                out: str | os.PathLike, pose: Sequence[str | os.PathLike] = (), px_per_cm: float | None = None,
-               device: str | None = None) -> Path:
+               device: str | None = None, features: Sequence[str | os.PathLike] = ()) -> Path:
     """Behaviour probabilities of the animals of chunk ``chunk``; writes the chunk store ``out`` (atomically).
 
     Args:
@@ -120,6 +127,8 @@ def run_behave(store: str | os.PathLike, plan: str | os.PathLike, chunk: int, ch
         checkpoint: a BehaveNet or pose-classifier checkpoint.
         pose: the video's pose chunk stores (pose classifier only).
         px_per_cm: image px per cm of the video (pose classifier only).
+        features: the video's ``extract_features`` chunk stores (DeepEthogram
+            only; read with a halo of the TGM's receptive radius).
 
     ``out`` holds ``behaviour_prob`` ``(frame, animal, behaviour)`` float32
     in [0, 1] (NaN for empty slots), attributes ``behaviour_names``,
@@ -145,6 +154,19 @@ def run_behave(store: str | os.PathLike, plan: str | os.PathLike, chunk: int, ch
         probs = behavenet_probs(model, group["crop"][lo:hi], valid, motion)[start - lo:stop - lo]
         pp = dict(getattr(model, "meta", {}).get("postprocess") or {})
         multilabel, halo = model.multilabel, n
+    elif kind == "deepethogram":
+        from sipec_models.training.deepethogram import deepethogram_probs, read_deg_features
+
+        if not features:
+            raise ValueError(f"{checkpoint}: a DeepEthogram model needs the video's feature chunk stores "
+                             "(extract_features)")
+        n = int(model.net.receptive_radius)
+        lo, hi = max(0, start - n), min(T, stop + n)
+        probs = deepethogram_probs(model, read_deg_features(features, lo, hi))[start - lo:stop - lo]
+        train_fps = (model.history or {}).get("fps")
+        pp = {"thresholds": np.asarray(model.thresholds, float).tolist(),
+              "min_frames": np.asarray(model.min_bout_frames, int).tolist(), "fps": train_fps}
+        multilabel, halo = True, n
     else:
         if not pose:
             raise ValueError(f"{checkpoint}: a pose classifier needs the video's pose chunk stores (pose.enabled)")
@@ -167,5 +189,59 @@ def run_behave(store: str | os.PathLike, plan: str | os.PathLike, chunk: int, ch
     write_store(out, {"behaviour_prob": spec_field("behaviour_prob", probs.astype(np.float32), instance_dim="animal")},
                 attrs)
     log.info("chunk %d [%d, %d): %s probabilities of %d animal observations (%s)", chunk, start, stop, kind,
+             int(np.isfinite(probs).all(-1).sum()), ", ".join(model.names))
+    return Path(out)
+
+
+def run_behave_pairs(social: Sequence[str | os.PathLike], store: str | os.PathLike, plan: str | os.PathLike,
+                     chunk: int, checkpoint: str | os.PathLike, out: str | os.PathLike,
+                     device: str | None = None) -> Path:
+    """Pair-behaviour probabilities of chunk ``chunk`` from the social events' pair crops (SIPEC's social input).
+
+    Args:
+        social: the video's social chunk stores (``pair_event``, ``pair_com``,
+            ``pair_crop``); the neighbours of chunk ``chunk`` give its halo of
+            ``n`` frames, so chunk borders do not change the result.
+        store: the tracked video store (frame count and fps).
+        checkpoint: a BehaveNet checkpoint trained on pair crops
+            (``sipec train-behavenet --pairs``).
+
+    ``out`` holds ``behaviour_prob`` ``(frame, pair, behaviour)`` float32 in
+    [0, 1] (NaN where the pair has no event) and the attributes of
+    :func:`run_behave` plus ``pairs`` (the slot pair of each index).
+    """
+    from sipec_models.social import read_social_frames, social_pairs
+
+    kind, model = load_behaviour_model(checkpoint, device)
+    meta = dict(getattr(model, "meta", {}) or {})
+    if kind != "behavenet" or meta.get("input") != "pair":
+        raise ValueError(f"{checkpoint}: not a BehaveNet trained on pair crops (train it with "
+                         "`sipec train-behavenet --pairs`)")
+    start, stop = plan_chunk(plan, chunk)
+    group = open_store(store)
+    T, fps = int(group.attrs["n_frames"]), float(group.attrs["fps"])
+    if stop > T:
+        raise ValueError(f"{store}: holds {T} frames but chunk {chunk} ends at {stop}")
+    n = model.half_window
+    lo, hi = max(0, start - n - 1), min(T, stop + n + 1)  # one more frame for the speed at the halo's edges
+    arr = read_social_frames(social, lo, hi)
+    event = arr["pair_event"]
+    motion = None
+    if model.motion_input:
+        motion = com_speed(np.where(event[..., None], arr["pair_com"], np.nan), fps,
+                           float(arr["pair_crop"].shape[-1]))
+    a, b = max(0, start - n) - lo, min(T, stop + n) - lo
+    probs = behavenet_probs(model, arr["pair_crop"][a:b], event[a:b], None if motion is None else motion[a:b])
+    probs = probs[start - lo - a:stop - lo - a]
+    prov = group.attrs.get("provenance", {}) or {}
+    attrs = {"video_id": group.attrs.get("video_id", ""), "chunk": chunk, "frame_start": start, "frame_stop": stop,
+             "behaviour_names": list(model.names), "behaviour_model": "behavenet_pairs",
+             "multilabel": bool(model.multilabel), "postprocess": dict(meta.get("postprocess") or {}), "halo": n,
+             "pairs": [list(p) for p in social_pairs(social)],
+             "provenance": provenance(prov.get("video", ""), prov.get("video_checksum", ""),
+                                      {"behaviour": {"checkpoint": str(checkpoint), "model": "behavenet_pairs"}})}
+    write_store(out, {"behaviour_prob": spec_field("behaviour_prob", probs.astype(np.float32), instance_dim="pair")},
+                attrs)
+    log.info("chunk %d [%d, %d): pair behaviour of %d pair-frames with events (%s)", chunk, start, stop,
              int(np.isfinite(probs).all(-1).sum()), ", ".join(model.names))
     return Path(out)

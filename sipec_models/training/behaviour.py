@@ -106,6 +106,68 @@ def behavenet_samples(sources: Iterable[Mapping[str, Any]], half_window: int, be
             {"sources": stats})
 
 
+def pair_samples(sources: Iterable[Mapping[str, Any]], half_window: int, behaviours: Sequence[str] | None = None,
+                 max_distance: float = 20.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str], dict]:
+    """Pair crops, 0/1 labels and sequence ids of every labelled run of social events (SIPEC's pair input).
+
+    A pair's crop (centred on the joint centre of mass of its two masks)
+    exists on its event frames only, so each pair's runs of event frames
+    are its sequences; context frames are the ``half_window`` event frames
+    before and after each labelled run.
+
+    Args:
+        sources: dicts ``{video, store, social, labels, positions, frames}``
+            (``store``: the tracked ``<video>.zarr``; ``social``: its social
+            chunk stores; ``labels``: a pair-label table,
+            :func:`~sipec_models.behaviour_data.load_pair_labels`).
+
+    Returns:
+        As :func:`behavenet_samples`, with pair crops ``(N, S, S)`` and the
+        speed of the pair's joint centre of mass as ``motion``.
+    """
+    from sipec_models.behaviour_data import pair_slot_labels
+    from sipec_models.social import read_social_frames, social_pairs
+
+    crops, labels, seqs, motion, names, stats, offset = [], [], [], [], None, [], 0
+    for src in sources:
+        group = open_store(src["store"])
+        T = int(group.attrs["n_frames"])
+        social = list(src.get("social") or [])
+        if not social:
+            raise ValueError(f"{src['labels']}: pair labels of video {src['video']} need its social chunk stores "
+                             "(social.enabled)")
+        pair_slots = social_pairs(social)
+        y, n = pair_slot_labels(src["labels"], group["com"][...].astype(np.float64), pair_slots, src["positions"],
+                                frames=src.get("frames"), behaviours=behaviours, max_distance=max_distance)
+        names = _check_names(n, names, src)
+        arr = read_social_frames(social, 0, T, ("pair_event", "pair_com"))
+        event = arr["pair_event"]
+        crop_side = float(open_store(social[0])["pair_crop"].shape[-1])
+        speed = com_speed(np.where(event[..., None], arr["pair_com"], np.nan), float(group.attrs.get("fps") or 1.0),
+                          crop_side)
+        labelled = np.isfinite(y).all(-1) & event
+        region = np.stack([_dilate(labelled[:, k], half_window) for k in range(y.shape[1])], 1) & event
+        seq = slot_sequences(region)
+        for k in range(y.shape[1]):
+            t = np.flatnonzero(region[:, k])
+            if not len(t):
+                continue
+            block = read_social_frames(social, int(t[0]), int(t[-1]) + 1, ("pair_crop",), pair=k)["pair_crop"]
+            crops.append(block[t - t[0]])
+            labels.append(y[t, k])
+            seqs.append(seq[t, k] + offset)
+            motion.append(speed[t, k])
+        offset += int(seq.max()) + 1 if (seq >= 0).any() else 0
+        stats.append({"video": str(src["video"]), "labelled_pair_frames": int(labelled.sum()),
+                      "context_frames": int(region.sum() - labelled.sum()),
+                      "labelled_frames_without_event": int((np.isfinite(y).all(-1) & ~event).sum())})
+    if not crops or not any(np.isfinite(lb).all(-1).any() for lb in labels):
+        raise ValueError("no labelled pair-frame of any source is a social event: check behaviour.social.labels and "
+                         "the social options (dilation_px, overlap_threshold)")
+    return (np.concatenate(crops), np.concatenate(labels), np.concatenate(seqs), np.concatenate(motion), names,
+            {"sources": stats})
+
+
 def _onehot(target: np.ndarray, C: int) -> np.ndarray:
     out = np.zeros((len(target), C), np.uint8)
     ok = target >= 0
@@ -115,8 +177,11 @@ def _onehot(target: np.ndarray, C: int) -> np.ndarray:
 
 def run_train_behavenet(sources: Iterable[Mapping[str, Any]], out: str | os.PathLike, overrides: Sequence[str] = (),
                         behaviours: Sequence[str] | None = None, max_distance: float = 20.0,
-                        metrics_out: str | os.PathLike | None = None, progress: bool = True):
+                        metrics_out: str | os.PathLike | None = None, progress: bool = True, pairs: bool = False):
     """The ``train_behavenet`` workflow step: labels on track slots -> BehaveNet -> checkpoint ``out``.
+
+    With ``pairs``, the samples are the pair crops of social events and the
+    labels pair labels (:func:`pair_samples`): SIPEC's social behaviour input.
 
     The model config is ``config/models/behavenet.yaml`` with ``overrides``.
     Exclusive behaviours (``data.multilabel: false``) get a ``background``
@@ -138,7 +203,8 @@ def run_train_behavenet(sources: Iterable[Mapping[str, Any]], out: str | os.Path
     if not sources:
         raise ValueError("run_train_behavenet: no label sources given")
     half = int(cfg["tcn"]["half_window"]) if int(cfg["tcn_train"]["epochs"]) > 0 else 0
-    crops, y, seq, motion, names, stats = behavenet_samples(sources, half, behaviours, max_distance)
+    samples = pair_samples if pairs else behavenet_samples
+    crops, y, seq, motion, names, stats = samples(sources, half, behaviours, max_distance)
     multilabel = bool(cfg["data"]["multilabel"])
     if multilabel:
         target = y
@@ -167,6 +233,7 @@ def run_train_behavenet(sources: Iterable[Mapping[str, Any]], out: str | os.Path
     val_f1 = macro_f1(onehot[lab_val], calls_val) if lab_val.any() else None
     fps = float(open_store(sources[0]["store"]).attrs.get("fps") or 0) or None
     meta = {"postprocess": {"thresholds": thresholds, "min_frames": min_frames, "fps": fps},
+            "input": "pair" if pairs else "animal",
             "val_macro_f1": val_f1, "n_frames": int(len(crops)), "n_labelled": int(labelled.sum()), **stats}
     save_behavenet(model, out, meta=meta)
     model.meta = meta
@@ -175,7 +242,7 @@ def run_train_behavenet(sources: Iterable[Mapping[str, Any]], out: str | os.Path
     if metrics_out:
         from sipec_models.inference.ingest import write_json_atomic
 
-        write_json_atomic(metrics_out, {"model": "behavenet", "names": names, **meta})
+        write_json_atomic(metrics_out, {"model": "social_behavenet" if pairs else "behavenet", "names": names, **meta})
     return model
 
 

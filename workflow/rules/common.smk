@@ -13,7 +13,7 @@ try:
     # Ground truth the demo renders beside each video (labels for training and evaluation).
     DEMO_TRUTH = [DEMO_DIR / f"arena_{i}" / name for i in range(len(DEMO_VIDEOS))
                   for name in ("masks_coco.json", "centroids.csv", "identities.csv", "keypoints_dlc.csv",
-                               "behaviour.csv")]
+                               "behaviour.csv", "social.csv")]
     VIDEOS = load_videos(config["videos"], producible={str(p) for p in DEMO_VIDEOS})
 except ConfigError as err:
     raise WorkflowError(f"Invalid configuration:\n{err}") from None
@@ -86,6 +86,12 @@ if BEHAVE["enabled"]:
                               "behaviour.px_per_cm or a px_per_cm column in videos.tsv")
     if BEHAVE["checkpoint"] and not Path(BEHAVE["checkpoint"]).is_file():
         _config_error(f"behaviour.checkpoint: {BEHAVE['checkpoint']}: file does not exist")
+    if BEHAVE["checkpoint"] and BEHAVE["model"] == "deepethogram":
+        for _stage in ("deg_flow.pt", "deg_features.pt"):
+            if not (MODELS / _stage).is_file():
+                _config_error(f"behaviour.checkpoint is a DeepEthogram sequence model, but its flow generator and "
+                              f"feature extractor are not in {MODELS} ({_stage} missing): copy them there or "
+                              "leave behaviour.checkpoint empty to train all three stages")
     if not BEHAVE["checkpoint"]:
         if not BEHAVE["labels"]:
             _config_error("behaviour.enabled is true but neither behaviour.checkpoint nor behaviour.labels is set")
@@ -98,10 +104,31 @@ if BEHAVE["enabled"]:
                 if _file and not Path(_file).exists() and Path(_file) not in DEMO_TRUTH:
                     _config_error(f"behaviour.labels: {_key} {_file}: file does not exist")
 
+PAIR_BEHAVE = BEHAVE["social"]
+if PAIR_BEHAVE["enabled"]:
+    if not SOCIAL["enabled"]:
+        _config_error("behaviour.social.enabled is true but social.enabled is false: pair behaviour is classified "
+                      "from the pair crops of the social events")
+    if PAIR_BEHAVE["checkpoint"] and not Path(PAIR_BEHAVE["checkpoint"]).is_file():
+        _config_error(f"behaviour.social.checkpoint: {PAIR_BEHAVE['checkpoint']}: file does not exist")
+    if not PAIR_BEHAVE["checkpoint"]:
+        if not PAIR_BEHAVE["labels"]:
+            _config_error("behaviour.social.enabled is true but neither behaviour.social.checkpoint nor "
+                          "behaviour.social.labels is set")
+        for _entry in PAIR_BEHAVE["labels"]:
+            if _entry["video"] not in VIDEOS.index:
+                _config_error(f"behaviour.social.labels: video {_entry['video']!r} is not in {config['videos']} "
+                              f"(ids: {', '.join(VIDEO_IDS)})")
+            for _key in ("labels", "positions"):
+                _file = _entry[_key]
+                if not Path(_file).exists() and Path(_file) not in DEMO_TRUTH:
+                    _config_error(f"behaviour.social.labels: {_key} {_file}: file does not exist")
+
 SEGNET_MODEL = Path(SEG["segnet"]["model"]) if SEG["segnet"]["model"] else MODELS / "segnet.pt"
 IDNET_MODEL = Path(IDENT["model"]) if IDENT["model"] else MODELS / "idnet.pt"
 POSE_MODEL = Path(POSE["checkpoint"]) if POSE["checkpoint"] else MODELS / f"{POSE['model']}.pt"
 BEHAVE_MODEL = Path(BEHAVE["checkpoint"]) if BEHAVE["checkpoint"] else MODELS / f"{BEHAVE['model']}.pt"
+PAIR_BEHAVE_MODEL = Path(PAIR_BEHAVE["checkpoint"]) if PAIR_BEHAVE["checkpoint"] else MODELS / "behavenet_pairs.pt"
 
 
 wildcard_constraints:
@@ -148,8 +175,12 @@ def identify_stores(wildcards):
     return [RESULTS / f"{wildcards.video}/identify/chunk_{c}.zarr" for c in chunk_ids(wildcards.video)]
 
 
+def social_stores_of(video):
+    return [RESULTS / f"{video}/social/chunk_{c}.zarr" for c in chunk_ids(video)]
+
+
 def social_stores(wildcards):
-    return [RESULTS / f"{wildcards.video}/social/chunk_{c}.zarr" for c in chunk_ids(wildcards.video)]
+    return social_stores_of(wildcards.video)
 
 
 def pose_stores_of(video):
@@ -164,12 +195,29 @@ def behave_stores(wildcards):
     return [RESULTS / f"{wildcards.video}/behave/chunk_{c}.zarr" for c in chunk_ids(wildcards.video)]
 
 
-def behaviour_sources(with_pose=False):
+def pair_behave_stores(wildcards):
+    return [RESULTS / f"{wildcards.video}/behave_pairs/chunk_{c}.zarr" for c in chunk_ids(wildcards.video)]
+
+
+def pair_behaviour_sources():
+    """The pair-label sources of train_behavenet_pairs, as the JSON `sipec train-behavenet --pairs` takes."""
+    return [{"video": e["video"], "store": str(RESULTS / e["video"] / f"{e['video']}.zarr"),
+             "social": [str(p) for p in social_stores_of(e["video"])], "labels": e["labels"],
+             "positions": e["positions"], "frames": e["frames"]} for e in PAIR_BEHAVE["labels"]]
+
+
+def deg_feature_stores_of(video):
+    return [RESULTS / f"{video}/deg_features/chunk_{c}.zarr" for c in chunk_ids(video)]
+
+
+def behaviour_sources(with_pose=False, with_features=False):
     """The label sources of train_behavenet / train_pose_classifier, as the JSON `sipec train-*` takes."""
     sources = []
     for e in BEHAVE["labels"]:
         src = {"video": e["video"], "store": str(RESULTS / e["video"] / f"{e['video']}.zarr"), "labels": e["labels"],
                "format": e["format"], "positions": e["positions"], "frames": e["frames"]}
+        if with_features:
+            src["features"] = [str(p) for p in deg_feature_stores_of(e["video"])]
         if with_pose:
             src["pose"] = [str(p) for p in pose_stores_of(e["video"])]
             src["px_per_cm"] = _px_per_cm(e["video"])

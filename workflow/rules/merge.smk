@@ -13,6 +13,8 @@ def merge_inputs(wildcards):
         inputs["social"] = social_stores(wildcards)
     if BEHAVE["enabled"]:
         inputs["behave"] = behave_stores(wildcards)
+    if PAIR_BEHAVE["enabled"]:
+        inputs["behave_pairs"] = pair_behave_stores(wildcards)
     return inputs
 
 
@@ -30,6 +32,9 @@ def merge_args(wildcards, input, output):
     if BEHAVE["enabled"]:
         args += ["--behave", *(f"'{p}'" for p in getattr(input, "behave", [])), "--bouts", f"'{output.bouts}'",
                  "--ethogram", f"'{output.ethogram}'"]
+    if PAIR_BEHAVE["enabled"]:
+        args += ["--social-behave", *(f"'{p}'" for p in getattr(input, "behave_pairs", [])), "--pair-behaviour",
+                 f"'{output.pair_behaviour}'"]
     return " ".join(args)
 
 
@@ -51,6 +56,7 @@ rule merge:
         **({"bouts": RESULTS / "{video}/bouts.csv",
             "ethogram": report(RESULTS / "{video}/ethogram.png", caption="../report/ethogram.rst",
                                category="Ethograms", subcategory="{video}")} if BEHAVE["enabled"] else {}),
+        **({"pair_behaviour": RESULTS / "{video}/pair_behaviour.csv"} if PAIR_BEHAVE["enabled"] else {}),
     params:
         extra=merge_args,
     log:
