@@ -22,9 +22,9 @@ def deg_speed():
     return module
 
 
-def _check_result(r: dict, preset: str, frames: int, n_classes: int = 5) -> None:
+def _check_result(r: dict, preset: str, frames: int, n_classes: int = 5, size: int = 64) -> None:
     assert r["preset"] == preset
-    assert r["frames"] == frames and r["size"] == [64, 64] and r["device"] == "cpu" and r["threads"] == 1
+    assert r["frames"] == frames and r["size"] == [size, size] and r["device"] == "cpu" and r["threads"] == 1
     assert len(r["runs"]) == r["repeats"] == 1
     med = r["median_seconds"]
     assert set(med) == {"flow", "features", "sequence", "total"}
@@ -40,29 +40,35 @@ def _check_result(r: dict, preset: str, frames: int, n_classes: int = 5) -> None
 
 def test_main_in_process_writes_json(deg_speed, tmp_path):
     out = tmp_path / "speed.json"
-    summary = deg_speed.main(["--size", "64", "--frames", "12", "--presets", "fast", "--repeats", "1",
+    summary = deg_speed.main(["--size", "64", "--frames", "8", "--presets", "fast", "--repeats", "1",
                               "--threads", "1", "--in-process", "--out", str(out)])
     on_disk = json.loads(out.read_text())
     assert on_disk == json.loads(json.dumps(summary))
-    assert on_disk["frames_per_preset"] == {"fast": 12}
+    assert on_disk["frames_per_preset"] == {"fast": 8}
     assert on_disk["environment"]["torch"] == torch.__version__
     assert "untrained" in on_disk["weights"]
     (r,) = on_disk["results"]
-    _check_result(r, "fast", 12)
+    _check_result(r, "fast", 8)
     assert r["arch"] == {"flow": "tiny_motionnet", "features": "resnet18", "sequence": "tgm"}
     assert r["pipeline"] == "staged" and r["batch_size"] == 8
     table = deg_speed.format_table(on_disk["results"])
     assert "fast" in table and f"{r['fps']:.2f}" in table
 
 
-def test_child_process_per_preset(deg_speed, tmp_path):
-    """The default mode: each preset in a fresh process, its JSON read back."""
-    summary = deg_speed.main(["--size", "64", "--frames", "3", "--presets", "slow", "--repeats", "1",
-                              "--batch-size", "4", "--classes", "3", "--out", str(tmp_path / "s.json")])
-    (r,) = summary["results"]
-    _check_result(r, "slow", 3, n_classes=3)
+def test_child_mode_prints_one_preset_json(deg_speed, tmp_path, capsys):
+    """The default mode runs each preset as ``--child`` in a fresh process and reads its last stdout line."""
+    args = deg_speed.parse_args(["--size", "32", "--frames", "2", "--presets", "slow", "--repeats", "1",
+                                 "--batch-size", "4", "--classes", "3", "--out", str(tmp_path / "s.json")])
+    argv = deg_speed._child_argv(args, "slow", 2)
+    child = deg_speed.parse_args(argv[2:])  # what the subprocess would parse
+    assert child.child and child.presets == ["slow"] and child.frames == [2] and child.batch_size == 4
+    assert (child.size, child.classes, child.threads, child.repeats) == (32, 3, 1, 1)
+    deg_speed.main(argv[2:])
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    _check_result(r, "slow", 2, n_classes=3, size=32)
     assert r["arch"]["flow"] == "tiny_motionnet3d" and r["arch"]["features"] == "resnet3d_34"
-    assert r["batch_size"] == 4 and "fresh process per preset" in r["peak_memory_kind"]
+    assert r["batch_size"] == 4
+    assert not (tmp_path / "s.json").exists()  # a child prints, the parent writes
 
 
 def test_fused_full_resolution_equals_staged(deg_speed):
