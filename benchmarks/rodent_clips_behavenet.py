@@ -226,6 +226,26 @@ def load_crops(clips: list[dict], crop_size: int, cache: Path | None) -> dict:
     return out
 
 
+def fold_splits(y: np.ndarray, groups: np.ndarray, n_folds: int = 5, seed: int = 0,
+                max_clips: int | None = None) -> tuple[np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+    """The session-grouped folds: ``(keep, splits)``.
+
+    ``keep`` ``(M,)``: indices of the clips used (all, or a stratified random subset of ``max_clips``, seed 0);
+    ``splits``: per fold ``(train, test)`` positions into ``keep`` (``StratifiedGroupKFold``, shuffled with
+    ``seed``), so ``keep[train]`` and ``keep[test]`` are clip indices.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    keep = np.arange(len(y))
+    if max_clips and max_clips < len(y):
+        from sklearn.model_selection import train_test_split
+
+        keep, _ = train_test_split(keep, train_size=max_clips, stratify=y, random_state=0)
+        keep = np.sort(keep)
+    skf = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return keep, list(skf.split(keep, y[keep], groups[keep]))
+
+
 # --------------------------------------------------------------------------- scores
 
 
@@ -288,8 +308,6 @@ def main(argv=None) -> dict:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     sys.path.insert(0, str(REPO))
-    from sklearn.model_selection import StratifiedGroupKFold
-
     from sipec_models.training.behavenet import BehaviourData, train_behavenet
     from sipec_models.training.config import load_model_config
 
@@ -332,14 +350,7 @@ def main(argv=None) -> dict:
         Image.fromarray(np.concatenate(rows, 0)).save(args.save_crops)
         return {}
 
-    keep = np.arange(len(clips))
-    if args.max_clips and args.max_clips < len(clips):
-        from sklearn.model_selection import train_test_split
-
-        keep, _ = train_test_split(keep, train_size=args.max_clips, stratify=y, random_state=0)
-        keep = np.sort(keep)
-    skf = StratifiedGroupKFold(n_splits=args.folds, shuffle=True, random_state=args.seed)
-    splits = list(skf.split(keep, y[keep], groups[keep]))
+    keep, splits = fold_splits(y, groups, args.folds, args.seed, args.max_clips)
 
     pred = np.full(len(clips), -1)
     prob = np.full((len(clips), len(CLASSES)), np.nan)
@@ -371,9 +382,11 @@ def main(argv=None) -> dict:
     return write(out, args.out)
 
 
-def summarise(args, cfg, overrides, clips, y, groups, cage, pred, fold_of, folds, n_fallback, crop_size) -> dict:
-    from sipec_models.training.config import to_dict
-
+def score_predictions(y: np.ndarray, pred: np.ndarray, fold_of: np.ndarray, cage: np.ndarray,
+                      folds: list[dict]) -> dict:
+    """Scores of clip predictions: ``pooled``, ``per_fold`` (mean ± s.e.m. of the ``accuracy`` and ``macro_f1``
+    entries of ``folds``), ``subsets`` (known sessions, each cage, bare numbers) and ``chance``; clips with
+    ``fold_of < 0`` (not tested) are left out."""
     done = fold_of >= 0
     pooled = _scores(y[done], pred[done])
     subsets = {}
@@ -388,8 +401,21 @@ def summarise(args, cfg, overrides, clips, y, groups, cage, pred, fold_of, folds
             # so the others have no ``normal`` clip to score)
             subsets[name]["macro_f1"] = float(np.mean([s["f1"][k] for k in present]))
             subsets[name]["classes_present"] = present
-    ch = chance(y[done], pred[done], fold_of[done])
-    goal_met = bool(pooled["macro_f1"] >= GOAL["macro_f1"] and min(pooled["f1"].values()) >= GOAL["min_class_f1"])
+    return {"pooled": pooled, "per_fold": {"accuracy": mean_sem([d["accuracy"] for d in folds]),
+                                           "macro_f1": mean_sem([d["macro_f1"] for d in folds])},
+            "subsets": subsets, "chance": chance(y[done], pred[done], fold_of[done])}
+
+
+def goal_met(pooled: dict) -> bool:
+    """Whether pooled scores meet :data:`GOAL` (macro-F1 and every class's F1)."""
+    return bool(pooled["macro_f1"] >= GOAL["macro_f1"] and min(pooled["f1"].values()) >= GOAL["min_class_f1"])
+
+
+def summarise(args, cfg, overrides, clips, y, groups, cage, pred, fold_of, folds, n_fallback, crop_size) -> dict:
+    from sipec_models.training.config import to_dict
+
+    done = fold_of >= 0
+    sc = score_predictions(y, pred, fold_of, cage, folds)
     out = {
         "config": to_dict(cfg), "overrides": overrides, "crop_size_cached": crop_size,
         "crop_method": {"decode_size": DECODE_SIZE, "crop_side_fraction_of_height": CROP_FRACTION,
@@ -397,9 +423,8 @@ def summarise(args, cfg, overrides, clips, y, groups, cage, pred, fold_of, folds
                         "centre": "median over the clip of the largest blob's centre of mass"},
         "n_clips": int(done.sum()), "n_groups": int(len(set(groups[done].tolist()))),
         "n_fallback_centre": n_fallback, "folds": folds, "fold_seed": args.seed,
-        "pooled": pooled, "per_fold": {"accuracy": mean_sem([d["accuracy"] for d in folds]),
-                                       "macro_f1": mean_sem([d["macro_f1"] for d in folds])},
-        "subsets": subsets, "chance": ch, "anchor_efficientnet_probe": ANCHOR, "goal": GOAL, "goal_met": goal_met,
+        "pooled": sc["pooled"], "per_fold": sc["per_fold"], "subsets": sc["subsets"], "chance": sc["chance"],
+        "anchor_efficientnet_probe": ANCHOR, "goal": GOAL, "goal_met": goal_met(sc["pooled"]),
         "runtime_s": {"per_fold": [d["total_s"] for d in folds], "total": float(sum(d["total_s"] for d in folds))},
         "threads": args.threads, "max_clips": args.max_clips, "only_folds": args.only_folds,
         "predictions": {"clip": [f"{CLASSES[c['label']]}/{c['path'].name}" for c in clips], "fold": fold_of.tolist(),
@@ -408,8 +433,9 @@ def summarise(args, cfg, overrides, clips, y, groups, cage, pred, fold_of, folds
     return out
 
 
-def write(out: dict, path: Path | None) -> dict:
-    print_table(out)
+def write(out: dict, path: Path | None, title: str = "BehaveNet") -> dict:
+    """Print the table (:func:`print_table`) and write ``out`` as JSON to ``path`` (if given)."""
+    print_table(out, title)
     if path:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=2, default=float) + "\n")
@@ -417,7 +443,8 @@ def write(out: dict, path: Path | None) -> dict:
     return out
 
 
-def print_table(out: dict) -> None:
+def print_table(out: dict, title: str = "BehaveNet") -> None:
+    """Scores of a :func:`summarise` dict as a table, headed ``<title> on rodent_clips``."""
     p, sub, ch = out["pooled"], out["subsets"], out["chance"]
     cols = ["pooled"] + list(sub)
     rows = [("clips", [p["n_clips"]] + [sub[c]["n_clips"] for c in sub]),
@@ -426,7 +453,7 @@ def print_table(out: dict) -> None:
     for k in CLASSES:
         rows.append((f"F1 {k}", [p["f1"][k]] + [sub[c]["f1"][k] if k in sub[c]["classes_present"] else None
                                                for c in sub]))
-    print("\nBehaveNet on rodent_clips, session-grouped CV; overrides:", " ".join(out["overrides"]))
+    print(f"\n{title} on rodent_clips, session-grouped CV; overrides:", " ".join(out["overrides"]))
     print(f"{'':28s}" + "".join(f"{c:>14s}" for c in cols) + f"{'anchor':>10s}")
     for name, vals in rows:
         anchor = ANCHOR["macro_f1"] if name == "macro-F1" else ANCHOR["f1"].get(name[3:]) if name.startswith("F1 ") \
