@@ -240,7 +240,7 @@ def test_deepethogram_replaces_behavenet_in_the_workflow(models_run, tmp_path):
     config = {**MODELS_DEMO, "behaviour": {**MODELS_DEMO["behaviour"], "model": "deepethogram", "overrides": TINY_DEG,
                                            "social": {"enabled": False}}}
     write_workdir(workdir, config)
-    result = run_snakemake(workdir, "--cores", "2", "all", "--rerun-triggers", "mtime")
+    result = run_snakemake(workdir, "--cores", "2", "all")
     assert result.returncode == 0, result.stdout[-8000:]
     for rule in ("train_flow", "train_features", "extract_features", "train_sequence", "behave", "merge"):
         assert f"rule {rule}:" in result.stdout, rule
