@@ -17,6 +17,7 @@ from sipec_models.io.store import open_store, spec_field, write_store
 from sipec_models.training.deepethogram import (multilabel_targets, resize_crops, run_extract_deg_features,
                                                 run_train_deg_features, run_train_deg_flow, run_train_deg_sequence)
 from tests.test_behavenet import _synthetic
+from tests.test_behaviour_rules import _plan
 
 #: Small enough for seconds on one CPU thread: 32 px crops, a few steps per stage, no curriculum.
 TINY_DEG = ["data.input_size=[32,32]", "data.rgb=false", "flow.train.epochs=1", "flow.train.steps_per_epoch=4",
@@ -47,12 +48,6 @@ def test_resize_crops_gives_rgb_uint8_at_the_input_size():
     assert out.shape == (5, 3, 32, 32) and out.dtype == np.uint8
     np.testing.assert_array_equal(out[:, 0], out[:, 2])
     assert resize_crops(crops, (24, 24))[:, 1].tolist() == crops.tolist()
-
-
-def _plan(path, bounds):
-    chunks = [{"chunk": i, "start": s, "stop": e} for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:]))]
-    path.write_text(json.dumps({"n_frames": bounds[-1], "chunk_size": 0, "chunks": chunks}))
-    return path
 
 
 def test_three_stages_train_in_series_and_chunk_borders_change_nothing(tmp_path):

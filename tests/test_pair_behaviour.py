@@ -18,6 +18,7 @@ from sipec_models.io.store import Field, open_store, spec_field, write_store
 from sipec_models.social import read_social_frames
 from sipec_models.tables import events_with_behaviour, pair_behaviour_table
 from tests.test_behavenet import TINY, _synthetic
+from tests.test_behaviour_rules import _plan
 
 NAMES = ["still", "flicker", "long"]
 #: Slot centres: slot s holds animal ANIMAL_OF_SLOT[s] at SLOT_XY[s] in every frame.
@@ -101,12 +102,6 @@ def _pair_video(tmp_path, T=180, bounds=(0, 100, 180)):
              **{n: int(labels[k, t] == i) for i, n in enumerate(NAMES)}}
             for t in range(T) for k, p in ((0, PAIRS[0]), (1, PAIRS[2]))]
     return store, social, _csv(tmp_path / "pairs.csv", rows), _positions(tmp_path, T), labels, event
-
-
-def _plan(path, bounds):
-    chunks = [{"chunk": i, "start": s, "stop": e} for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:]))]
-    path.write_text(json.dumps({"n_frames": bounds[-1], "chunk_size": 0, "chunks": chunks}))
-    return path
 
 
 def test_read_social_frames_stitches_chunks(tmp_path):

@@ -38,9 +38,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sipec_models.behaviour_data import slot_labels, slot_sequences
+from sipec_models.behaviour_data import slot_sequences
 from sipec_models.ethogram import BACKGROUND
 from sipec_models.io.store import Field, open_store, provenance, write_store
+from sipec_models.training.behaviour import _check_names, _source_labels
 from sipec_models.training.config import load_model_config, to_dict
 
 log = logging.getLogger(__name__)
@@ -183,11 +184,8 @@ def _flows(flow_model, frames: np.ndarray, start: int = 0, stop: int | None = No
 
 
 def _source_targets(src: Mapping[str, Any], group, behaviours, max_distance) -> tuple[np.ndarray, list[str]]:
-    fps = float(group.attrs.get("fps") or 0) or None
-    y, names = slot_labels(src["labels"], group["com"][...].astype(np.float64), format=src.get("format", "auto"),
-                           fps=fps, positions=src.get("positions"), frames=src.get("frames"), behaviours=behaviours,
-                           max_distance=max_distance)
-    return multilabel_targets(y, names)
+    """A source's labels on its track slots (as BehaveNet's) with DeepEthogram's background column."""
+    return multilabel_targets(*_source_labels(src, group, behaviours, max_distance))
 
 
 def run_train_deg_features(sources: Sequence[Mapping[str, Any]], flow: str | os.PathLike, out: str | os.PathLike,
@@ -215,9 +213,7 @@ def run_train_deg_features(sources: Sequence[Mapping[str, Any]], flow: str | os.
     for src in sources:
         group = open_store(src["store"])
         y, n = _source_targets(src, group, behaviours, max_distance)
-        if names is not None and n != names:
-            raise ValueError(f"{src['labels']}: behaviours {n} differ from the first label file's {names}")
-        names = n
+        names = _check_names(n, names, src)
         valid = np.isfinite(group["com"][...]).all(-1)
         labelled = np.isfinite(y).all(-1) & valid
         for a, s, e in _runs(valid):
@@ -334,9 +330,7 @@ def run_train_deg_sequence(sources: Sequence[Mapping[str, Any]], out: str | os.P
     for src in sources:
         group = open_store(src["store"])
         y, n = _source_targets(src, group, behaviours, max_distance)
-        if names is not None and n != names:
-            raise ValueError(f"{src['labels']}: behaviours {n} differ from the first label file's {names}")
-        names = n
+        names = _check_names(n, names, src)
         T = int(group.attrs["n_frames"])
         x = read_deg_features(src["features"], 0, T)
         valid = np.isfinite(x).all(-1)
