@@ -1,6 +1,7 @@
 # Two commands take a fresh clone to results:
 #   make demo   set up .venv (if missing) and run the pipeline on the built-in demo, with its HTML report
 #   make test   set up .venv (if missing) and run the test suite
+#   make figures CONFIGFILE=config/paper_figures.yaml   paper-figure analogues (SIPEC Fig. 2-4) on the demo
 # Set PYTHON to choose the interpreter the venv is made from (Python >= 3.11).
 
 PYTHON ?= python3
@@ -15,7 +16,7 @@ CONFIGFILE ?=
 REPORT ?= $(if $(CONFIGFILE),results/$(basename $(notdir $(CONFIGFILE)))/report.html,results/report.html)
 SMK_CONFIG := $(if $(CONFIGFILE),--configfile $(CONFIGFILE))
 
-.PHONY: setup demo evaluate report test bench clean-results
+.PHONY: setup demo evaluate figures report test bench clean-results
 
 setup: $(VENV)/.installed
 
@@ -34,6 +35,10 @@ demo: setup
 evaluate: setup
 	snakemake --profile profiles/local --cores $(CORES) evaluate $(SMK_CONFIG)
 	snakemake --profile profiles/local --cores $(CORES) --report $(REPORT) all evaluate $(SMK_CONFIG)
+
+figures: setup
+	snakemake --profile profiles/local --cores $(CORES) figures $(SMK_CONFIG)
+	snakemake --profile profiles/local --cores $(CORES) --report $(REPORT) all figures $(SMK_CONFIG)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -119,6 +119,30 @@ def slot_labels(labels: str | os.PathLike, com: np.ndarray, format: str = "auto"
     if animals is None:
         raise ValueError(f"{path}: labels name no animal but the video has {A} animal slots; label each animal "
                          "(an animal or Subject column) and give positions to match them to slots")
+    rows, t_idx, s_idx = match_to_slots(path, f, animals, com, positions, max_distance)
+    out[t_idx, s_idx] = y[rows]
+    return out, names
+
+
+def match_to_slots(path: Path, frames: np.ndarray, animals: np.ndarray, com: np.ndarray, positions,
+                   max_distance: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of a label table matched to track slots by position.
+
+    Args:
+        path: the label file (for messages; its ``x, y`` columns are the
+            positions when ``positions`` is None).
+        frames: ``(N,)`` frame of each label row; animals: ``(N,)`` animal name of each row.
+        com: ``(T, A, 2)`` slot centres of mass, frame px (NaN: empty slot).
+        positions: a positions table (:func:`read_positions`) or None.
+        max_distance: px; a labelled animal further than this from every slot centre stays unmatched.
+
+    Returns:
+        ``(rows, t, slot)``: matched label rows and the frame and slot each one lands on (int arrays).
+
+    Raises:
+        ValueError: naming the file: no positions for a labelled animal, or nothing matched.
+    """
+    T = com.shape[0]
     pos = _label_positions(path, positions)
     names_a = list(dict.fromkeys(animals.tolist()))
     missing = sorted(set(names_a) - set(pos["animal"]))
@@ -127,20 +151,20 @@ def slot_labels(labels: str | os.PathLike, com: np.ndarray, format: str = "auto"
     xy = np.full((T, len(names_a), 2), np.nan)
     pos = pos[pos["animal"].isin(names_a) & (pos["frame"] >= 0) & (pos["frame"] < T)]
     xy[pos["frame"].to_numpy(int), [names_a.index(a) for a in pos["animal"]]] = pos[["x", "y"]].to_numpy(float)
-    row_of = {(int(fr), str(a)): i for i, (fr, a) in enumerate(zip(f, animals))}
-    matched = 0
-    for t in np.unique(f):
+    row_of = {(int(fr), str(a)): i for i, (fr, a) in enumerate(zip(frames, animals))}
+    matched = []
+    for t in np.unique(frames):
         for i, s in _match_frame(xy[t], com[t], max_distance):
             r = row_of.get((int(t), names_a[i]))
             if r is not None:
-                out[t, s] = y[r]
-                matched += 1
-    log.info("%s: %d of %d labelled animal-frames matched to track slots (within %.0f px)", path, matched, len(f),
-             max_distance)
-    if matched == 0:
+                matched.append((r, int(t), s))
+    log.info("%s: %d of %d labelled animal-frames matched to track slots (within %.0f px)", path, len(matched),
+             len(frames), max_distance)
+    if not matched:
         raise ValueError(f"{path}: no labelled animal lies within {max_distance:g} px of a tracked animal; check the "
-                         "positions table and behaviour.max_distance")
-    return out, names
+                         "positions table and max_distance")
+    rows, t_idx, s_idx = (np.array(v, np.int64) for v in zip(*matched))
+    return rows, t_idx, s_idx
 
 
 def _label_positions(path: Path, positions) -> pd.DataFrame:

@@ -18,14 +18,20 @@ problem and exit with status 1.
     sipec behave-pairs  pair-behaviour probabilities of the social events of one chunk (BehaveNet on pair crops)
     sipec merge       per-animal table (CSV + Parquet), social events, trajectory figure
     sipec summary     cohort summary over the per-animal tables
+    sipec cohort-behaviour  time budgets and bout statistics per animal, video and group
     sipec train-segnet    train SegNet from COCO or VIA instance polygons
     sipec train-idnet     train IdNet from identity labels (table or SLEAP tracks)
     sipec train-pose      train PoseNet or LEAP from SLEAP or DeepLabCut keypoint labels
     sipec train-behavenet  train BehaveNet from behaviour labels (--pairs: pair labels of social events)
     sipec train-pose-classifier  train the pose-based behaviour classifier from behaviour labels
+    sipec tune            Ray Tune sweep (random search, ASHA) of a model's config: best overrides, trials table
     sipec train-flow / train-features / train-sequence  train DeepEthogram's three stages in series
     sipec extract-features  DeepEthogram features of each animal of one chunk
+    sipec figure          a paper-figure analogue (PNG) with its numbers (CSV) from evaluation outputs
+    sipec cv-folds / cv-fold / cv-aggregate  cross-validation of the behaviour models (the `cv` target)
+    sipec train-position3d  fit and cross-validate the one-camera 3D position regressor
     sipec export-pose     a video's merged keypoints to SLEAP (.slp) and DeepLabCut (CSV)
+    sipec export-nwb      a video's merged keypoints to NWB (ndx-pose)
     sipec evaluate-segnet k-fold mask AP and label-count ablation of SegNet
     sipec evaluate-pose   k-fold pose error and label-count ablation of PoseNet or LEAP
     sipec pose-ablation-figure  PCK against labelled frames of the evaluated pose models
@@ -131,7 +137,55 @@ def cmd_merge(args) -> None:
               identify=args.identify, smoothing=args.smoothing, social=args.social,
               social_options=args.social_options, events_csv=args.events, pose=args.pose,
               behave=args.behave, bouts_csv=args.bouts, ethogram_figure=args.ethogram,
-              social_behave=args.social_behave, pair_behaviour_csv=args.pair_behaviour)
+              social_behave=args.social_behave, pair_behaviour_csv=args.pair_behaviour,
+              position3d=args.position3d)
+
+
+def cmd_cv_folds(args) -> None:
+    from sipec_models.crossval import run_cv_folds
+
+    run_cv_folds(args.sources, args.out, args.scheme, args.folds, groups=args.groups, purge_frames=args.purge_frames,
+                 behaviours=args.behaviours or None, max_distance=args.max_distance, seed=args.seed)
+
+
+def cmd_cv_fold(args) -> None:
+    from sipec_models.crossval import run_cv_fold
+
+    run_cv_fold(args.model, args.folds, args.fold, args.sources, args.out, overrides=args.overrides,
+                behaviours=args.behaviours or None, max_distance=args.max_distance, label_fraction=args.label_fraction)
+
+
+def cmd_cv_aggregate(args) -> None:
+    from sipec_models.crossval import run_cv_aggregate
+
+    run_cv_aggregate(args.metrics, args.out, args.csv, args.ablation)
+
+
+def cmd_figure(args) -> None:
+    from sipec_models import figures
+
+    def need(value, flag):
+        if not value:
+            raise ValueError(f"sipec figure {args.kind} needs {flag}")
+        return value
+
+    if args.kind == "segmentation-identity":
+        figures.segmentation_id(args.ablation, args.identity, args.out)
+    elif args.kind == "behaviour-compare":
+        figures.behaviour_compare(need(args.folds, "--folds"), args.out, models=args.models)
+    elif args.kind == "behaviour-ablation":
+        figures.behaviour_ablation(need(args.cv_ablation, "--cv-ablation"), args.out)
+    elif args.kind == "position3d":
+        figures.position3d_error(need(args.position3d, "--position3d"), args.out)
+    else:
+        figures.bout_statistics(need(args.cohort, "--cohort"), args.out)
+
+
+def cmd_train_position3d(args) -> None:
+    from sipec_models.position3d import run_train_position3d
+
+    run_train_position3d(args.sources, args.overrides, out=args.out, metrics=args.metrics,
+                         max_distance=args.max_distance)
 
 
 def cmd_train_behaviour(args) -> None:
@@ -144,6 +198,20 @@ def cmd_train_behaviour(args) -> None:
         run_train_pose_classifier(args.sources, args.out, overrides=args.overrides,
                                   behaviours=args.behaviours or None, max_distance=args.max_distance,
                                   metrics_out=args.metrics)
+
+
+def cmd_tune(args) -> None:
+    from sipec_models.tuning import TUNABLES, run_sweep, write_workflow_config
+
+    data = TUNABLES[args.model].load(args.sources, args.behaviours or None, args.max_distance)
+    table = run_sweep(args.model, data, args.out_dir, overrides=args.overrides, num_samples=args.num_samples,
+                      threads=args.threads, gpus=args.gpus, seed=args.seed)
+    if args.workflow_config:
+        from sipec_models.tuning import read_overrides
+
+        write_workflow_config(args.workflow_config, args.model, args.overrides,
+                              read_overrides(args.out_dir / "best_overrides.yaml"))
+    log.info("%d trials -> %s", len(table), args.out_dir)
 
 
 def cmd_behave(args) -> None:
@@ -217,6 +285,13 @@ def cmd_export_pose(args) -> None:
     run_export_pose(args.table, args.video, slp=args.slp, dlc_csv=args.dlc_csv)
 
 
+def cmd_export_nwb(args) -> None:
+    from sipec_models.io.nwb import run_export_nwb
+
+    run_export_nwb(args.table, args.out, video_id=args.video_id, fps=args.fps, probe=args.probe, video=args.video,
+                   videos_tsv=args.videos, edges=[tuple(e) for e in args.edges])
+
+
 def cmd_train_segnet(args) -> None:
     from sipec_models.training.segnet import run_train_segnet
 
@@ -263,6 +338,12 @@ def cmd_summary(args) -> None:
     from sipec_models.tables import run_summary
 
     run_summary(args.tables, args.videos, args.out)
+
+
+def cmd_cohort_behaviour(args) -> None:
+    from sipec_models.cohort import run_cohort_behaviour
+
+    run_cohort_behaviour(args.tables, args.videos, args.out, args.groups, group_by=args.group_by)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,7 +436,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--social-behave", nargs="*", default=[], type=Path,
                    help="behave-pairs chunk stores: pair behaviour of the social events (with --social)")
     p.add_argument("--pair-behaviour", type=Path, help="per-frame pair behaviour CSV (with --social-behave)")
+    p.add_argument("--position3d", type=Path,
+                   help="3D position model (sipec train-position3d): X_<unit>, Y_<unit>, Z_<unit> columns")
     p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("cv-folds", help="cross-validation folds over the labelled frames of behaviour labels")
+    p.add_argument("--sources", required=True, type=_json_list,
+                   help='JSON list of {"video", "store", "labels", "format", "positions", "frames"}')
+    p.add_argument("--scheme", default="time_blocks",
+                   choices=["time_blocks", "stratified_blocks", "leave_one_video_out", "group"])
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--groups", type=_json_arg, default={}, help='JSON {video: group} of the group scheme')
+    p.add_argument("--purge-frames", type=int, default=15,
+                   help="training frames this close to a test block of the same video are left out")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--behaviours", nargs="*", default=[], help="behaviours to keep (default: the label file's)")
+    p.add_argument("--max-distance", type=float, default=10.0, help="px between a labelled animal and its track")
+    p.add_argument("--out", required=True, type=Path, help="folds JSON")
+    p.set_defaults(func=cmd_cv_folds)
+
+    p = sub.add_parser("cv-fold", help="train and score one behaviour model on one cross-validation fold")
+    p.add_argument("--model", required=True, choices=["behavenet", "pose_classifier"])
+    p.add_argument("--folds", required=True, type=Path, help="folds JSON (sipec cv-folds)")
+    p.add_argument("--fold", required=True, type=int)
+    p.add_argument("--sources", required=True, type=_json_list,
+                   help='JSON list of label sources as for train-behavenet / train-pose-classifier')
+    p.add_argument("--behaviours", nargs="*", default=[])
+    p.add_argument("--max-distance", type=float, default=10.0)
+    p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of config/models/<model>.yaml")
+    p.add_argument("--label-fraction", type=float, default=1.0,
+                   help="train on the first fraction of each training range (a label ablation)")
+    p.add_argument("--out", required=True, type=Path, help="fold metrics JSON")
+    p.set_defaults(func=cmd_cv_fold)
+
+    p = sub.add_parser("cv-aggregate", help="mean and s.e.m. over folds of each model's cross-validation scores")
+    p.add_argument("metrics", nargs="+", type=Path, help="fold metrics JSON files (sipec cv-fold)")
+    p.add_argument("--out", required=True, type=Path, help="summary JSON")
+    p.add_argument("--csv", type=Path, help="summary CSV (one row per model and score)")
+    p.add_argument("--ablation", type=Path, help="label-ablation CSV (one row per model and label fraction)")
+    p.set_defaults(func=cmd_cv_aggregate)
+
+    p = sub.add_parser("figure", help="a paper-figure analogue (PNG) and its numbers (CSV beside it)")
+    p.add_argument("kind", choices=["segmentation-identity", "behaviour-compare", "behaviour-ablation", "position3d",
+                                    "bout-statistics"])
+    p.add_argument("--ablation", type=Path, help="segmentation-identity: evaluate-segnet ablation CSV")
+    p.add_argument("--identity", nargs="*", default=[], type=Path,
+                   help="segmentation-identity: evaluate-identity JSON files")
+    p.add_argument("--folds", nargs="*", default=[], type=Path, help="behaviour-compare: cv-fold JSON files")
+    p.add_argument("--models", nargs=2, default=["behavenet", "pose_classifier"],
+                   help="behaviour-compare: the two models")
+    p.add_argument("--cv-ablation", type=Path, help="behaviour-ablation: cv-aggregate ablation CSV")
+    p.add_argument("--position3d", type=Path, help="position3d: train-position3d cross-validation JSON")
+    p.add_argument("--cohort", type=Path, help="bout-statistics: cohort_behaviour.csv")
+    p.add_argument("--out", required=True, type=Path, help="figure PNG (its table goes to the same name .csv)")
+    p.set_defaults(func=cmd_figure)
+
+    p = sub.add_parser("train-position3d", help="fit and cross-validate the one-camera 3D position regressor")
+    p.add_argument("--sources", required=True, type=_json_list,
+                   help='JSON list of {"store", "labels", "positions", "frames"}: annotated 3D positions '
+                        '(frame, animal, X_<unit>, Y_<unit>, Z_<unit>) of tracked videos')
+    p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of config/models/position3d.yaml")
+    p.add_argument("--max-distance", type=float, default=10.0, help="px between an annotated animal and its track")
+    p.add_argument("--metrics", type=Path, help="cross-validation JSON (RMSE per axis, mean baseline)")
+    p.add_argument("--out", required=True, type=Path, help="model file (joblib)")
+    p.set_defaults(func=cmd_train_position3d)
 
     for name, what in (("train-behavenet", "BehaveNet (behaviour from the animals' masked crops)"),
                        ("train-pose-classifier", "the pose-based behaviour classifier (keypoint features)")):
@@ -375,6 +519,29 @@ def build_parser() -> argparse.ArgumentParser:
                                 'video\'s social chunk stores) and "labels" is a pair-label table (frame, '
                                 'animal_a, animal_b, one 0/1 column per behaviour)')
         p.set_defaults(func=cmd_train_behaviour, model="behavenet" if name == "train-behavenet" else "pose_classifier")
+
+    p = sub.add_parser("tune", help="Ray Tune sweep of a model's config (random search, ASHA) on behaviour labels: "
+                                    "best_overrides.yaml and trials.csv")
+    p.add_argument("--model", required=True, choices=["pose_classifier"],
+                   help="the model (its config's `tune` section holds the search space and sweep settings)")
+    p.add_argument("--sources", required=True, type=_json_list,
+                   help="label sources, as train-pose-classifier takes them")
+    p.add_argument("--behaviours", nargs="*", default=[], help="behaviours to train on (default: all labelled)")
+    p.add_argument("--max-distance", type=float, default=20.0,
+                   help="px: largest distance between a labelled animal's position and its track")
+    p.add_argument("--overrides", nargs="*", default=[],
+                   help="Hydra overrides of the model config applied in every trial (also tune.*, e.g. "
+                        "tune.max_epochs=20)")
+    p.add_argument("--num-samples", type=int, help="trials (default: the config's tune.num_samples)")
+    p.add_argument("--threads", type=int, default=1, help="CPU cores Ray may use (trials run side by side)")
+    p.add_argument("--gpus", type=int, help="GPUs Ray may use (default: those the job sees)")
+    p.add_argument("--seed", type=int, help="seed of the random search (default: the config's tune.seed)")
+    p.add_argument("--workflow-config", type=Path,
+                   help="also write a Snakemake config file (behaviour.model and behaviour.overrides = the base "
+                        "overrides + the best ones) for `snakemake --configfile`")
+    p.add_argument("--out-dir", required=True, type=Path,
+                   help="folder: best_overrides.yaml, trials.csv, ray/ (Ray Tune's experiment folder)")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("behave", help="behaviour probabilities of each animal of one chunk (BehaveNet or pose "
                                       "classifier)")
@@ -479,6 +646,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dlc-csv", type=Path, help="DeepLabCut CSV to write (indexed by frame number)")
     p.set_defaults(func=cmd_export_pose)
 
+    p = sub.add_parser("export-nwb", help="a video's merged keypoints to NWB (ndx-pose PoseEstimation per animal)")
+    p.add_argument("table", type=Path, help="per-animal table with keypoint columns (animals.parquet or .csv)")
+    p.add_argument("--out", required=True, type=Path, help="NWB file to write (pose.nwb)")
+    p.add_argument("--video-id", help="the video's id (default: the table's video column)")
+    p.add_argument("--probe", type=Path, help="the video's probe.json (fps, frame size, frame count)")
+    p.add_argument("--fps", type=float, help="frames per second (default: the probe's, else from the table)")
+    p.add_argument("--video", type=Path, help="the video file, referenced by a relative path (not copied)")
+    p.add_argument("--videos", type=Path, help="videos table: date (session start), session and other metadata")
+    p.add_argument("--edges", type=int, nargs=2, action="append", default=[], metavar=("NODE_A", "NODE_B"),
+                   help="a skeleton edge as two node indices (repeat for more)")
+    p.set_defaults(func=cmd_export_nwb)
+
     p = sub.add_parser("train-segnet", help="train SegNet from COCO or VIA instance polygons")
     p.add_argument("--labels", required=True, type=Path, help="COCO or VIA JSON")
     p.add_argument("--video", type=Path, help="video whose frames the labels index (default: images beside the JSON)")
@@ -545,6 +724,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--videos", required=True, type=Path, help="videos table (metadata columns are joined)")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("cohort-behaviour", help="time budgets and bout statistics per animal, video and group")
+    p.add_argument("tables", nargs="+", type=Path, help="per-animal tables with behaviour calls (animals.parquet)")
+    p.add_argument("--videos", required=True, type=Path, help="videos table (metadata columns to group by)")
+    p.add_argument("--group-by", nargs="*", help="videos-table columns to average over (default: group, if present)")
+    p.add_argument("--out", required=True, type=Path, help="per video, animal and behaviour CSV")
+    p.add_argument("--groups", required=True, type=Path, help="per group and behaviour CSV (mean, s.e.m., n)")
+    p.set_defaults(func=cmd_cohort_behaviour)
     return parser
 
 

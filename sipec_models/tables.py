@@ -328,7 +328,8 @@ def identities_of_slots(store, identify: Sequence[str | os.PathLike], smoothing:
 def run_merge(store, video_id: str, probe_json, csv, parquet, figure, identify: Sequence[str] = (),
               smoothing: str = "track", social: Sequence[str] = (), social_options=None, events_csv=None,
               pose: Sequence[str] = (), behave: Sequence[str] = (), bouts_csv=None,
-              ethogram_figure=None, social_behave: Sequence[str] = (), pair_behaviour_csv=None) -> pd.DataFrame:
+              ethogram_figure=None, social_behave: Sequence[str] = (), pair_behaviour_csv=None,
+              position3d=None) -> pd.DataFrame:
     """Write the per-animal table (CSV and Parquet) and the trajectory figure of a video.
 
     With ``identify`` chunk stores, rows are keyed by identity (see
@@ -344,7 +345,10 @@ def run_merge(store, video_id: str, probe_json, csv, parquet, figure, identify: 
     with ``social_behave`` chunk stores (pair behaviour of the social
     events), the per-frame pair behaviour goes to ``pair_behaviour_csv``
     (:func:`pair_behaviour_table`) and the events gain the bout's pair
-    behaviour (:func:`events_with_behaviour`).
+    behaviour (:func:`events_with_behaviour`); with a ``position3d`` model
+    (:func:`sipec_models.position3d.run_train_position3d`), the table gains
+    ``X_<unit>``, ``Y_<unit>``, ``Z_<unit>`` after ``area``
+    (:func:`sipec_models.position3d.position_columns`).
     """
     from sipec_models.plots import trajectory_figure
 
@@ -357,6 +361,13 @@ def run_merge(store, video_id: str, probe_json, csv, parquet, figure, identify: 
         calls = behaviour_calls(probs, bool(battrs["multilabel"]), dict(battrs.get("postprocess") or {}), info.fps)
         behaviour = (probs, calls, bnames)
     table = animal_table(store, video_id, info.fps, identity=identity, pose=poses, behaviour=behaviour)
+    if position3d is not None:
+        from sipec_models.position3d import load_regressor, position_columns
+
+        model, unit = load_regressor(position3d)
+        at = table.columns.get_loc("area") + 1
+        for k, (name, values) in enumerate(position_columns(table, model, unit, info.width, info.height).items()):
+            table.insert(at + k, name, values)
     events = None
     if social:
         events = _social_events(store, social, identity, info.fps, video_id, social_options)

@@ -143,3 +143,40 @@ def test_demo_workflow_through_slurm(slurm_cluster, demo_run, tmp_path_factory):
         pd.testing.assert_frame_equal(local, slurm)
     summary_local = pd.read_csv(demo_run / "results/cohort_summary.csv")
     pd.testing.assert_frame_equal(summary_local, pd.read_csv(workdir / "results/cohort_summary.csv"))
+
+
+# The GPU rules the reduced figures run needs, moved to the test cluster's CPU partition without a GPU.
+_GPU_RULES_ON_CPU = [f"{rule}:{key}" for rule in ("train_idnet", "identify", "train_behavenet", "behave", "cv_fold")
+                     for key in ("slurm_partition=cpu", "gpu=0")]
+
+
+def test_figures_target_through_slurm(slurm_cluster, tmp_path):
+    """`snakemake figures` at reduced size through `--profile profiles/slurm`: every job a SLURM job, then a no-op."""
+    import pandas as pd
+
+    from tests.test_workflow_models import MODELS_DEMO
+    from tests.workflow_helpers import SMALL_DEMO, SNAKEFILE, write_workdir
+
+    config = {
+        **SMALL_DEMO,
+        "identification": MODELS_DEMO["identification"],
+        "behaviour": {k: v for k, v in MODELS_DEMO["behaviour"].items() if k != "social"},
+        "position3d": MODELS_DEMO["position3d"],
+        "evaluation": MODELS_DEMO["evaluation"],
+        "cv": {"models": {"behavenet": []}, "scheme": "time_blocks", "folds": 2, "purge_frames": 5,
+               "label_fractions": [0.5]},
+    }
+    workdir = write_workdir(tmp_path, config)
+    res = run_snakemake_slurm(workdir, SNAKEFILE, ["figures"],
+                              ["--latency-wait", "5", "--set-resources", *_GPU_RULES_ON_CPU], timeout=1800)
+    assert not res.timed_out and res.returncode == 0, res.tail()
+    figures = workdir / "results/figures"
+    for name in ("segmentation_identity", "behaviour_ablation", "position3d_error", "bout_statistics"):
+        assert (figures / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
+        assert len(pd.read_csv(figures / f"{name}.csv")) > 0, name
+    comments = " ".join(j.comment for j in slurm_jobs(workdir))
+    for rule in ("train_idnet", "train_behavenet", "cv_fold", "cv_aggregate", "train_position3d",
+                 "figure_behaviour_ablation", "figure_position3d", "figure_bout_statistics"):
+        assert f"rule_{rule}" in comments, (rule, comments)
+    again = run_snakemake_slurm(workdir, SNAKEFILE, ["figures"], ["--dry-run"], timeout=300)
+    assert again.returncode == 0 and "Nothing to be done" in again.output, again.tail()

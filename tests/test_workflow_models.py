@@ -44,7 +44,13 @@ MODELS_DEMO = {
                           "frame_train.epochs=2", "tcn.half_window=3", "tcn.channels=[16]", "tcn_train.epochs=5"],
         },
     },
+    "position3d": {
+        "enabled": True,
+        "labels": [{"video": "arena_0", "labels": "resources/demo/arena_0/positions_3d.csv",
+                    "positions": "resources/demo/arena_0/centroids.csv"}],
+    },
     "evaluation": {"identity_truth": {"arena_1": "resources/demo/arena_1/identities.csv"}},
+    "cv": {"models": {"behavenet": []}, "scheme": "time_blocks", "folds": 2, "purge_frames": 5},
 }
 NAMES = {"dark", "stripe", "spot"}
 
@@ -204,6 +210,69 @@ def test_bad_behaviour_config_stops_before_any_job(tmp_path, behaviour, message)
     result = run_snakemake(write_workdir(tmp_path, {**SMALL_DEMO, "behaviour": behaviour}), "--cores", "1", "--dry-run")
     assert result.returncode != 0
     assert message in result.stdout, result.stdout[-3000:]
+
+
+def test_position3d_is_trained_cross_validated_and_merged(models_run):
+    """Trained on arena_0's rendered 3D positions, the regressor places arena_1's animals (keyed by identity)."""
+    cv = json.loads((models_run / "results/models/position3d_cv.json").read_text())
+    assert cv["unit"] == "mm" and cv["folds"] == 10
+    for axis in ("X", "Y"):
+        assert cv["rmse"][axis] < 0.2 * cv["rmse_mean_baseline"][axis], cv
+    table = pd.read_parquet(models_run / "results/arena_1/animals.parquet")
+    cols = list(table.columns)
+    assert cols[cols.index("area") + 1:cols.index("area") + 4] == ["X_mm", "Y_mm", "Z_mm"]
+    assert table.loc[~table["detected"], "X_mm"].isna().all()
+    truth = pd.read_csv(models_run / "resources/demo/arena_1/positions_3d.csv")
+    both = table.merge(truth, on=["frame", "animal"], suffixes=("", "_true")).dropna(subset=["X_mm"])
+    assert len(both) > 0.8 * len(truth)
+    train = pd.read_csv(models_run / "resources/demo/arena_0/positions_3d.csv")
+    for axis in ("X", "Y"):
+        rmse = np.sqrt(np.median((both[f"{axis}_mm"] - both[f"{axis}_mm_true"]) ** 2))
+        baseline = np.sqrt(np.median((both[f"{axis}_mm_true"] - train[f"{axis}_mm"].mean()) ** 2))
+        assert rmse < 0.2 * baseline, (axis, rmse, baseline)
+
+
+def test_cv_target_trains_and_scores_each_fold(models_run):
+    """`snakemake cv`: folds over arena_0's labelled frames, one BehaveNet per fold, the aggregate beside chance."""
+    result = run_snakemake(models_run, "--cores", "2", "cv")
+    assert result.returncode == 0, result.stdout[-6000:]
+    folds = json.loads((models_run / "results/cv/folds.json").read_text())
+    assert folds["scheme"] == "time_blocks" and len(folds["folds"]) == 2
+    tested = sorted((r["start"], r["stop"]) for f in folds["folds"] for r in f["test"])
+    assert tested == [(0, 75), (75, 150)]
+    metrics = [json.loads((models_run / f"results/cv/behavenet/fold_{i}.json").read_text()) for i in (0, 1)]
+    for m in metrics:
+        assert m["n_test_animal_frames"] > 0.8 * 75 * 3
+        assert 0 <= m["chance_macro_f1"]["mean"] < 0.5
+    summary = pd.read_csv(models_run / "results/cv/summary.csv")
+    row = summary[(summary["model"] == "behavenet") & (summary["score"] == "macro_f1")].iloc[0]
+    assert row["n"] == 2 and row["mean"] == pytest.approx(np.mean([m["macro_f1"] for m in metrics]), abs=1e-4)
+    assert row["mean"] > np.mean([m["chance_macro_f1"]["mean"] for m in metrics]), summary
+    assert "Nothing to be done" in run_snakemake(models_run, "--cores", "1", "--dry-run", "cv").stdout
+
+
+def test_figures_target_regenerates_the_configured_figures(models_run):
+    """`snakemake figures`: every configured figure with its table, then nothing left to do."""
+    result = run_snakemake(models_run, "--cores", "2", "figures")
+    assert result.returncode == 0, result.stdout[-6000:]
+    figures = models_run / "results/figures"
+    for name in ("segmentation_identity", "position3d_error", "bout_statistics"):
+        assert (figures / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
+        assert len(pd.read_csv(figures / f"{name}.csv")) > 0, name
+    ident = pd.read_csv(figures / "segmentation_identity.csv")
+    assert set(ident["score"]) == {"accuracy_frame", "accuracy_track_smoothed", "chance"}
+    assert "Nothing to be done" in run_snakemake(models_run, "--cores", "1", "--dry-run", "figures").stdout
+
+
+@pytest.mark.parametrize("position3d, message", [
+    ({"enabled": True}, "neither position3d.model"),
+    ({"enabled": True, "labels": [{"video": "nope", "labels": "x.csv"}]}, "video 'nope' is not in"),
+    ({"enabled": True, "labels": [{"video": "arena_0", "labels": "missing.csv"}]}, "missing.csv: file does not exist"),
+])
+def test_bad_position3d_config_stops_before_any_job(tmp_path, position3d, message):
+    result = run_snakemake(write_workdir(tmp_path, {**SMALL_DEMO, "position3d": position3d}), "--cores", "1",
+                           "--dry-run")
+    assert result.returncode != 0 and message in result.stdout, result.stdout[-3000:]
 
 
 def test_pair_behaviour_without_social_events_stops_before_any_job(tmp_path):

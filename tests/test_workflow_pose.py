@@ -113,6 +113,18 @@ def test_exports_load_back_equal_to_the_table(pose_run):
         got, scores = _as_arrays(labels, animals, 100)
         np.testing.assert_allclose(got, points, rtol=0, atol=atol, equal_nan=True)
         np.testing.assert_allclose(scores, conf, rtol=0, atol=atol, equal_nan=True)
+    from pynwb import NWBHDF5IO
+
+    with NWBHDF5IO(str(pose_run / "results/arena_0/pose.nwb"), "r") as io:
+        behavior = io.read().processing["behavior"]
+        for a, animal in enumerate(animals):
+            series = behavior[animal].pose_estimation_series
+            assert sorted(series) == sorted(NODES)
+            for k, node in enumerate(NODES):
+                n = len(series[node].data[:])
+                np.testing.assert_allclose(series[node].data[:], points[:n, a, k], rtol=0, atol=1e-3, equal_nan=True)
+                np.testing.assert_allclose(series[node].confidence[:], conf[:n, a, k], rtol=0, atol=1e-3,
+                                           equal_nan=True)
 
 
 def test_table_keypoints_follow_identity(tmp_path):

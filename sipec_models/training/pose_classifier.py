@@ -43,7 +43,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -395,10 +395,12 @@ def make_module() -> type:
     class PoseClassifierModule(pl.LightningModule):
         """Focal loss, Adam; validation loss and best-threshold F1 each epoch; early stopping with best weights."""
 
-        def __init__(self, net: PoseMLP, cfg: Mapping[str, Any], multilabel: bool, weight: torch.Tensor | None):
+        def __init__(self, net: PoseMLP, cfg: Mapping[str, Any], multilabel: bool, weight: torch.Tensor | None,
+                     epoch_callback: Callable[[dict[str, Any]], None] | None = None):
             super().__init__()
             self.net, self.cfg, self.multilabel = net, dict(cfg), multilabel
             self.weight = weight
+            self.epoch_callback = epoch_callback
             t = cfg["train"]
             self.monitor, self.patience, self.min_epochs = str(t["monitor"]), int(t["patience"]), int(t["min_epochs"])
             if self.monitor not in ("val_f1", "val_loss"):
@@ -462,6 +464,10 @@ def make_module() -> type:
                 self.bad_epochs += 1
                 if self.bad_epochs >= self.patience:
                     self.trainer.should_stop = True
+            if self.epoch_callback is not None:
+                self.epoch_callback({**self.history[-1], "val_f1_per_class": [float(v) if np.isfinite(v) else None
+                                                                              for v in f1],
+                                     "best_epoch": self.best_epoch, "stop": bool(self.trainer.should_stop)})
 
         def configure_optimizers(self):
             t = self.cfg["train"]
@@ -474,13 +480,14 @@ def make_module() -> type:
 
 
 def _fit(net: PoseMLP, X: np.ndarray, y: np.ndarray, tr_idx: np.ndarray, val_idx: np.ndarray, cfg: Mapping[str, Any],
-         multilabel: bool, weight: torch.Tensor | None, max_epochs: int, seed: int, progress: bool):
+         multilabel: bool, weight: torch.Tensor | None, max_epochs: int, seed: int, progress: bool,
+         epoch_callback: Callable[[dict[str, Any]], None] | None = None):
     """Train ``net`` in place on the frames ``tr_idx`` (validation on ``val_idx``: early stopping, best weights)."""
     import pytorch_lightning as pl
 
     pl.seed_everything(seed, workers=True, verbose=False)
     t = cfg["train"]
-    module = make_module()(net, cfg, multilabel, weight)
+    module = make_module()(net, cfg, multilabel, weight, epoch_callback)
     yt = torch.from_numpy(y)
     g = torch.Generator().manual_seed(seed)
     bs = int(t["batch_size"])
@@ -518,7 +525,8 @@ def train_pose_classifier(features: np.ndarray, labels: np.ndarray,
                           cfg: DictConfig | Mapping[str, Any] | None = None, video_ids: np.ndarray | None = None,
                           fps: float | None = None, names: Sequence[str] | None = None,
                           feature_names: Sequence[str] | None = None, val_mask: np.ndarray | None = None,
-                          progress: bool = False) -> PoseMLP:
+                          progress: bool = False,
+                          epoch_callback: Callable[[dict[str, Any]], None] | None = None) -> PoseMLP:
     """Train the pose MLP on per-frame features, with early stopping on a contiguous validation block.
 
     Args:
@@ -538,6 +546,13 @@ def train_pose_classifier(features: np.ndarray, labels: np.ndarray,
         val_mask: optional ``(T,)`` bool validation frames, instead of the
             config's ``train.val_fraction`` block.
         progress: Lightning progress bar.
+        epoch_callback: called after each validation epoch of the first
+            network (not of the refit or cross-fitting networks) with that
+            epoch's ``history`` entry plus ``val_f1_per_class`` (best-threshold
+            F1 per behaviour, None without positives), ``best_epoch`` and
+            ``stop`` (early stopping ends training after this epoch); used by
+            :mod:`sipec_models.tuning` to report to Ray Tune. It may raise to
+            end training (the exception propagates).
 
     Returns:
         The trained :class:`~sipec_models.nets.pose_mlp.PoseMLP` (best
@@ -602,7 +617,8 @@ def train_pose_classifier(features: np.ndarray, labels: np.ndarray,
     has_val = len(val_idx) > 0
     net = _build(m, X.shape[1], C)
     net.set_standardisation(X[train])
-    module = _fit(net, X, y, tr_idx, val_idx, cfg, multilabel, weight, int(t["max_epochs"]), seed, progress)
+    module = _fit(net, X, y, tr_idx, val_idx, cfg, multilabel, weight, int(t["max_epochs"]), seed, progress,
+                  epoch_callback)
     net = net.cpu().eval()
     epochs_run, best_epoch = len(module.history), module.best_epoch
     if bool(t.get("refit", False)) and has_val:

@@ -13,7 +13,7 @@ try:
     # Ground truth the demo renders beside each video (labels for training and evaluation).
     DEMO_TRUTH = [DEMO_DIR / f"arena_{i}" / name for i in range(len(DEMO_VIDEOS))
                   for name in ("masks_coco.json", "centroids.csv", "identities.csv", "keypoints_dlc.csv",
-                               "behaviour.csv", "social.csv")]
+                               "behaviour.csv", "social.csv", "positions_3d.csv")]
     VIDEOS = load_videos(config["videos"], producible={str(p) for p in DEMO_VIDEOS})
 except ConfigError as err:
     raise WorkflowError(f"Invalid configuration:\n{err}") from None
@@ -27,6 +27,7 @@ IDENT = config["identification"]
 SOCIAL = config["social"]
 POSE = config["pose"]
 BEHAVE = config["behaviour"]
+POS3D = config["position3d"]
 
 
 def _config_error(message):
@@ -124,11 +125,28 @@ if PAIR_BEHAVE["enabled"]:
                 if not Path(_file).exists() and Path(_file) not in DEMO_TRUTH:
                     _config_error(f"behaviour.social.labels: {_key} {_file}: file does not exist")
 
+if POS3D["enabled"]:
+    if POS3D["model"] and not Path(POS3D["model"]).is_file():
+        _config_error(f"position3d.model: {POS3D['model']}: file does not exist")
+    if not POS3D["model"]:
+        if not POS3D["labels"]:
+            _config_error("position3d.enabled is true but neither position3d.model (a trained 3D position model) nor "
+                          "position3d.labels (annotated 3D positions to train one) is set")
+        for _entry in POS3D["labels"]:
+            if _entry["video"] not in VIDEOS.index:
+                _config_error(f"position3d.labels: video {_entry['video']!r} is not in {config['videos']} "
+                              f"(ids: {', '.join(VIDEO_IDS)})")
+            for _key in ("labels", "positions"):
+                _file = _entry.get(_key)
+                if _file and not Path(_file).exists() and Path(_file) not in DEMO_TRUTH:
+                    _config_error(f"position3d.labels: {_key} {_file}: file does not exist")
+
 SEGNET_MODEL = Path(SEG["segnet"]["model"]) if SEG["segnet"]["model"] else MODELS / "segnet.pt"
 IDNET_MODEL = Path(IDENT["model"]) if IDENT["model"] else MODELS / "idnet.pt"
 POSE_MODEL = Path(POSE["checkpoint"]) if POSE["checkpoint"] else MODELS / f"{POSE['model']}.pt"
 BEHAVE_MODEL = Path(BEHAVE["checkpoint"]) if BEHAVE["checkpoint"] else MODELS / f"{BEHAVE['model']}.pt"
 PAIR_BEHAVE_MODEL = Path(PAIR_BEHAVE["checkpoint"]) if PAIR_BEHAVE["checkpoint"] else MODELS / "behavenet_pairs.pt"
+POS3D_MODEL = Path(POS3D["model"]) if POS3D["model"] else MODELS / "position3d.joblib"
 
 
 wildcard_constraints:
@@ -169,6 +187,12 @@ def idnet_sources():
          "labels": e["labels"], "format": e["format"], "frames": e["frames"]}
         for e in IDENT["labels"]
     ]
+
+
+def position3d_sources():
+    """The annotated 3D positions of train_position3d, as the JSON `sipec train-position3d` takes."""
+    return [{"store": str(RESULTS / e["video"] / f"{e['video']}.zarr"), "labels": e["labels"],
+             "positions": e["positions"], "frames": e["frames"]} for e in POS3D["labels"]]
 
 
 def identify_stores(wildcards):

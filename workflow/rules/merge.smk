@@ -15,6 +15,8 @@ def merge_inputs(wildcards):
         inputs["behave"] = behave_stores(wildcards)
     if PAIR_BEHAVE["enabled"]:
         inputs["behave_pairs"] = pair_behave_stores(wildcards)
+    if POS3D["enabled"]:
+        inputs["position3d"] = POS3D_MODEL
     return inputs
 
 
@@ -35,6 +37,8 @@ def merge_args(wildcards, input, output):
     if PAIR_BEHAVE["enabled"]:
         args += ["--social-behave", *(f"'{p}'" for p in getattr(input, "behave_pairs", [])), "--pair-behaviour",
                  f"'{output.pair_behaviour}'"]
+    if POS3D["enabled"]:
+        args += ["--position3d", f"'{POS3D_MODEL}'"]
     return " ".join(args)
 
 
@@ -76,3 +80,31 @@ rule summary:
         "logs/summary/summary.log",
     shell:
         "sipec summary {input.tables:q} --videos {input.videos:q} --out {output:q} > {log} 2>&1"
+
+
+# Time budgets and bout statistics of each video, animal and behaviour, and their mean and s.e.m. per group
+# (summary.group_by columns of the videos table; default: group when it has one).
+COHORT_BEHAVIOUR = ([RESULTS / "cohort_behaviour.csv", RESULTS / "cohort_groups.csv"] if BEHAVE["enabled"] else [])
+_GROUP_BY = config["summary"]["group_by"]
+if BEHAVE["enabled"] and _GROUP_BY:
+    for _column in _GROUP_BY:
+        if _column not in VIDEOS.columns or _column in ("id", "path"):
+            _config_error(f"summary.group_by: {config['videos']} has no column {_column!r} to group by (columns: "
+                          f"{', '.join(c for c in VIDEOS.columns if c not in ('id', 'path'))})")
+
+
+rule cohort_behaviour:
+    input:
+        tables=expand(RESULTS / "{video}/animals.parquet", video=VIDEO_IDS),
+        videos=config["videos"],
+    output:
+        animals=report(RESULTS / "cohort_behaviour.csv", caption="../report/cohort_behaviour.rst",
+                       category="Cohort"),
+        groups=report(RESULTS / "cohort_groups.csv", caption="../report/cohort_groups.rst", category="Cohort"),
+    params:
+        group_by=lambda wildcards: "" if _GROUP_BY is None else "--group-by " + " ".join(f"'{c}'" for c in _GROUP_BY),
+    log:
+        "logs/summary/cohort_behaviour.log",
+    shell:
+        "sipec cohort-behaviour {input.tables:q} --videos {input.videos:q} {params.group_by} --out {output.animals:q} "
+        "--groups {output.groups:q} > {log} 2>&1"

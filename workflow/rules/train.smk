@@ -62,3 +62,23 @@ if POSE["enabled"] and not POSE["checkpoint"]:
         shell:
             "sipec train-pose --labels {input.labels:q} --model {POSE[model]} {params.video} {params.frames} "
             "--overrides {params.overrides} --metrics {output.metrics:q} --out {output.model:q} > {log} 2>&1"
+
+
+if POS3D["enabled"] and not POS3D["model"]:
+
+    rule train_position3d:
+        input:
+            stores=[RESULTS / e["video"] / f"{e['video']}.zarr" for e in POS3D["labels"]],
+            labels=[e["labels"] for e in POS3D["labels"]],
+            positions=[e["positions"] for e in POS3D["labels"] if e["positions"]],
+        output:
+            model=POS3D_MODEL,
+            metrics=report(MODELS / "position3d_cv.json", caption="../report/position3d.rst", category="3D position"),
+        params:
+            sources=lambda wc: json.dumps(position3d_sources()),
+            overrides=lambda wc: " ".join(f"'{o}'" for o in POS3D["overrides"]),
+        log:
+            "logs/train/position3d.log",
+        shell:
+            "sipec train-position3d --sources {params.sources:q} --overrides {params.overrides} "
+            "--max-distance {POS3D[max_distance]} --metrics {output.metrics:q} --out {output.model:q} > {log} 2>&1"
