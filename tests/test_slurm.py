@@ -167,8 +167,9 @@ def test_figures_target_through_slurm(slurm_cluster, tmp_path):
                "label_fractions": [0.5]},
     }
     workdir = write_workdir(tmp_path, config)
-    res = run_snakemake_slurm(workdir, SNAKEFILE, ["figures"],
-                              ["--latency-wait", "5", "--set-resources", *_GPU_RULES_ON_CPU], timeout=1800)
+    # the target first: --set-resources takes every word after it
+    res = run_snakemake_slurm(workdir, SNAKEFILE, [],
+                              ["figures", "--latency-wait", "5", "--set-resources", *_GPU_RULES_ON_CPU], timeout=1800)
     assert not res.timed_out and res.returncode == 0, res.tail()
     figures = workdir / "results/figures"
     for name in ("segmentation_identity", "behaviour_ablation", "position3d_error", "bout_statistics"):
