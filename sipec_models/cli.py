@@ -203,7 +203,7 @@ def cmd_train_behaviour(args) -> None:
 def cmd_tune(args) -> None:
     from sipec_models.tuning import TUNABLES, run_sweep, write_workflow_config
 
-    data = TUNABLES[args.model].load(args.sources, args.behaviours or None, args.max_distance)
+    data = TUNABLES[args.model].load(args.sources, args.behaviours or None, args.max_distance, args.overrides)
     table = run_sweep(args.model, data, args.out_dir, overrides=args.overrides, num_samples=args.num_samples,
                       threads=args.threads, gpus=args.gpus, seed=args.seed)
     if args.workflow_config:
@@ -522,16 +522,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="Ray Tune sweep of a model's config (random search, ASHA) on behaviour labels: "
                                     "best_overrides.yaml and trials.csv")
-    p.add_argument("--model", required=True, choices=["pose_classifier"],
+    p.add_argument("--model", required=True, choices=["pose_classifier", "behavenet"],
                    help="the model (its config's `tune` section holds the search space and sweep settings)")
     p.add_argument("--sources", required=True, type=_json_list,
-                   help="label sources, as train-pose-classifier takes them")
+                   help="label sources, as train-pose-classifier / train-behavenet take them")
     p.add_argument("--behaviours", nargs="*", default=[], help="behaviours to train on (default: all labelled)")
     p.add_argument("--max-distance", type=float, default=20.0,
                    help="px: largest distance between a labelled animal's position and its track")
     p.add_argument("--overrides", nargs="*", default=[],
                    help="Hydra overrides of the model config applied in every trial (also tune.*, e.g. "
-                        "tune.max_epochs=20)")
+                        "tune.max_epochs=20; BehaveNet: also to the frame network trained once before the sweep)")
     p.add_argument("--num-samples", type=int, help="trials (default: the config's tune.num_samples)")
     p.add_argument("--threads", type=int, default=1, help="CPU cores Ray may use (trials run side by side)")
     p.add_argument("--gpus", type=int, help="GPUs Ray may use (default: those the job sees)")

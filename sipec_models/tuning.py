@@ -3,7 +3,8 @@
 DeepEthogram tunes its models by random search over learning rate,
 regularisation, focal-loss and positive-weight settings, dropout and layer
 sizes; this module does the same for any model registered in
-:data:`TUNABLES` (today: the pose classifier).
+:data:`TUNABLES` (the pose classifier; BehaveNet's temporal stage on its frozen
+frame-network features, as DeepEthogram tunes its sequence model on cached features).
 
 The sweep is described by the ``tune`` section of the model's config
 (``config/models/<model>.yaml``)::
@@ -265,16 +266,18 @@ class Tunable:
         metrics: metrics ``report`` receives (the first is the default of ``tune.metric``).
         fixed: ``fixed(settings) -> overrides`` applied after the sampled
             values in every trial (epoch cap, threads, no refit, ...).
-        load: ``load(sources, behaviours, max_distance) -> data``: the
-            training data from the label sources ``sipec train-*`` takes
-            (what ``sipec tune`` calls).
+        load: ``load(sources, behaviours, max_distance, overrides) -> data``:
+            the training data from the label sources ``sipec train-*`` takes
+            and the sweep's base overrides (what ``sipec tune`` calls).
+        keys: prefixes of the config keys the search space may hold (empty: any key).
     """
 
     config: str
     train: Callable[[DictConfig, Any, Callable[[dict], None]], None]
     metrics: tuple[str, ...]
     fixed: Callable[[Mapping[str, Any]], list[str]]
-    load: Callable[[Sequence[Mapping[str, Any]], Sequence[str] | None, float], Any]
+    load: Callable[[Sequence[Mapping[str, Any]], Sequence[str] | None, float, Sequence[str]], Any]
+    keys: tuple[str, ...] = ()
 
 
 @dataclass
@@ -359,11 +362,11 @@ class PoseSequences:
 
 
 def pose_sequences_from_sources(sources: Iterable[Mapping[str, Any]], behaviours: Sequence[str] | None = None,
-                                max_distance: float = 20.0) -> PoseSequences:
+                                max_distance: float = 20.0, overrides: Sequence[str] = ()) -> PoseSequences:
     """The label sources of ``sipec train-pose-classifier`` (``{video, store, pose, px_per_cm, labels, format,
     positions, frames}``) as :class:`PoseSequences`: one sequence per run of frames in which a track slot holds
     keypoints, with the labels matched to that slot; :meth:`PoseSequences.arrays` then gives the arrays
-    ``run_train_pose_classifier`` trains on."""
+    ``run_train_pose_classifier`` trains on. ``overrides`` are not needed: every trial computes its features."""
     from sipec_models.behaviour_data import slot_sequences
     from sipec_models.io.store import open_store
     from sipec_models.tables import read_pose_chunks
@@ -419,11 +422,123 @@ def _pose_fixed(s: Mapping[str, Any]) -> list[str]:
             "postprocess.tune_on=validation"]
 
 
-#: Model name -> how to sweep it. BehaveNet and DeepEthogram plug in with a ``Tunable`` whose ``train``
-#: reports their validation metric per epoch.
+@dataclass
+class FrameFeatures:
+    """BehaveNet's frozen frame-network features of labelled animal frames: the temporal network's training data.
+
+    Attributes:
+        features: ``(N, F)`` float32 frame-network features, frames of one sequence consecutive and in order.
+        labels: ``(N,)`` int classes (-1: unlabelled context frame) or ``(N, K)`` 0/1 (NaN: unlabelled).
+        sequence: ``(N,)`` sequence id of each frame.
+        motion: ``(N, M)`` motion features (``tcn.motion_input``).
+        is_val: ``(N,)`` bool, the validation block (the last ``data.val_fraction`` of each sequence).
+        names: the ``K`` behaviours.
+        frame_val_f1: the frame network's own validation macro-F1 (over the non-background behaviours).
+    """
+
+    features: np.ndarray
+    labels: np.ndarray
+    sequence: np.ndarray
+    motion: np.ndarray
+    is_val: np.ndarray
+    names: list[str]
+    frame_val_f1: float | None = None
+
+
+def _f1_fg(prob: np.ndarray, labels: np.ndarray, names: Sequence[str], multilabel: bool) -> float:
+    """Macro-F1 over the behaviours except ``background`` (argmax calls, or >= 0.5 with ``multilabel``)."""
+    from sklearn.metrics import f1_score
+
+    from sipec_models.ethogram import BACKGROUND
+
+    if multilabel:
+        keep = np.isfinite(labels).all(1)
+        y, p = labels[keep].astype(int), (prob[keep] >= 0.5).astype(int)
+        cols = [k for k, n in enumerate(names) if n != BACKGROUND and y[:, k].any()]
+        return float(f1_score(y[:, cols], p[:, cols], average="macro", zero_division=0)) if cols else 0.0
+    keep = labels >= 0
+    y, p = labels[keep], prob[keep].argmax(1)
+    cls = [k for k in np.unique(y) if names[k] != BACKGROUND]
+    return float(f1_score(y, p, labels=cls, average="macro", zero_division=0)) if cls else 0.0
+
+
+def behavenet_features_from_sources(sources: Iterable[Mapping[str, Any]], behaviours: Sequence[str] | None = None,
+                                    max_distance: float = 20.0, overrides: Sequence[str] = ()) -> FrameFeatures:
+    """Train BehaveNet's frame network once (the config with ``overrides``, as ``sipec train-behavenet`` does)
+    and return its frozen features of every labelled run with enough context for the largest
+    ``tcn.half_window`` of the search space: the data every trial's temporal network trains on.
+
+    As DeepEthogram tunes its sequence model on cached features, the BehaveNet sweep tunes the temporal
+    stage (``tcn.*``, ``tcn_train.*``); the frame network's settings come from ``overrides``.
+    """
+    from sipec_models.behaviour_data import exclusive_targets
+    from sipec_models.training.behavenet import BehaveNetModel, BehaviourData, train_behavenet, validation_split
+    from sipec_models.training.behaviour import behavenet_samples
+
+    cfg = to_dict(load_model_config("behavenet", list(overrides)))
+    half = int(cfg["tcn"]["half_window"])
+    hw = ((cfg.get("tune") or {}).get("space") or {}).get("tcn.half_window")
+    if isinstance(hw, Mapping):
+        half = max([half, *[int(v) for v in np.ravel(list(hw.values())[0])]])
+    crops, y, seq, motion, names, _ = behavenet_samples(list(sources), half, behaviours, max_distance)
+    multilabel = bool(cfg["data"]["multilabel"])
+    target, names = (y, list(names)) if multilabel else exclusive_targets(y, names)
+    frame_cfg = {**cfg, "tcn_train": {**cfg["tcn_train"], "epochs": 0}}
+    model = train_behavenet(BehaviourData(crops, target, seq, motion), names, frame_cfg)
+    is_val = validation_split(seq, float(cfg["data"]["val_fraction"]))
+    frame_f1 = None
+    if is_val.any():
+        prob = model.predict_proba(crops[is_val])
+        frame_f1 = _f1_fg(prob, np.asarray(target)[is_val], names, multilabel)
+    feats = BehaveNetModel(model.frame_net, None, names, cfg).frame_features(crops).numpy()
+    log.info("BehaveNet sweep data: %d frames (%d validation), %d frame features; frame network validation "
+             "macro-F1 (non-background) %s", len(feats), int(is_val.sum()), feats.shape[1],
+             "n/a" if frame_f1 is None else f"{frame_f1:.3f}")
+    return FrameFeatures(feats, np.asarray(target), np.asarray(seq), np.asarray(motion, np.float32), is_val,
+                         list(names), frame_f1)
+
+
+def _train_behavenet_tcn(cfg: DictConfig, data: FrameFeatures, report: Callable[[dict], None]) -> None:
+    from torch.utils.data import TensorDataset
+
+    from sipec_models.training.behavenet import (_fit, _join_motion, _labels_tensor, build_tcn, feature_windows,
+                                                 motion_width)
+
+    import torch
+
+    c = to_dict(cfg)
+    torch.set_num_threads(int(c.get("tune", {}).get("cpus_per_trial", 1) or 1))
+    torch.manual_seed(int(c.get("seed", 0)))
+    multilabel, names = bool(c["data"]["multilabel"]), data.names
+    feats = _join_motion(torch.from_numpy(data.features), data.motion, c)
+    tcn = build_tcn(c, data.features.shape[1] + motion_width(c), len(names))
+    wins = feature_windows(feats, data.sequence, tcn.half_window)
+    y = _labels_tensor(data.labels, multilabel)
+    v = torch.from_numpy(data.is_val)
+    if not bool(data.is_val.any()):
+        raise ValueError("the BehaveNet sweep needs a validation block (data.val_fraction > 0)")
+    n_epochs = int(c["tcn_train"]["epochs"])
+
+    def on_epoch(m: dict) -> None:
+        report({"val_f1_fg": _f1_fg(m["prob"], m["labels"], names, multilabel),
+                "val_macro_f1": float(m["val_macro_f1"]), "epoch": int(m["epoch"]),
+                "stop": int(m["epoch"]) >= n_epochs})
+
+    _fit(tcn, TensorDataset(wins[~v], y[~v]), TensorDataset(wins[v], y[v]), c["tcn_train"], multilabel, c["loss"],
+         int(c.get("seed", 0)), None, False, epoch_callback=on_epoch)
+
+
+def _behavenet_fixed(s: Mapping[str, Any]) -> list[str]:
+    return [f"tcn_train.epochs={s['max_epochs']}", f"tune.cpus_per_trial={s['cpus_per_trial']}"]
+
+
+#: Model name -> how to sweep it. DeepEthogram plugs in with a ``Tunable`` whose ``train`` reports its
+#: validation metric per epoch.
 TUNABLES: dict[str, Tunable] = {
     "pose_classifier": Tunable("pose_classifier", _train_pose_classifier, ("val_f1_fg", "val_f1", "val_loss"),
                                _pose_fixed, pose_sequences_from_sources),
+    "behavenet": Tunable("behavenet", _train_behavenet_tcn, ("val_f1_fg", "val_macro_f1"), _behavenet_fixed,
+                         behavenet_features_from_sources, keys=("tcn.", "tcn_train.")),
 }
 
 
@@ -551,7 +666,12 @@ def run_sweep(model: str, data: Any, out_dir: str | os.PathLike, overrides: Sequ
     overrides = list(overrides)
     cfg = load_model_config(tunable.config, overrides, config_dir)
     s = tune_settings(cfg, tunable.metrics, num_samples=num_samples, **settings)
-    space = parse_space(cfg, space, "tune.space" if space is None else "space")
+    where = "tune.space" if space is None else "space"
+    space = parse_space(cfg, space, where)
+    outside = [k for k in space if tunable.keys and not k.startswith(tunable.keys)]
+    if outside:
+        raise ValueError(f"{where}: the {model} sweep tunes only keys under {', '.join(tunable.keys)}; not "
+                         f"{', '.join(outside)} (set those with the sweep's base overrides)")
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     if s["cpus_per_trial"] > threads:

@@ -199,3 +199,62 @@ def test_cli_tune_on_workflow_sources_with_a_failing_trial(tmp_path):
     cfg = yaml.safe_load((out / "best_config.yaml").read_text())
     assert cfg == {"behaviour": {"model": "pose_classifier", "overrides": [*base, *best]}}
     load_model_config("pose_classifier", cfg["behaviour"]["overrides"])
+
+
+def _behavenet_source(tmp_path, T=180):
+    """A tracked store of 2 animals whose behaviours (still / flicker / long) need time to tell apart."""
+    from tests.test_behavenet import _synthetic
+    from tests.test_behaviour_rules import _labels_csv, _store
+
+    names = ["still", "flicker", "long"]
+    data = _synthetic(2, T, seed=0)
+    crops = data.crops.reshape(2, T, *data.crops.shape[1:]).transpose(1, 0, 2, 3).copy()
+    labels = data.labels.reshape(2, T).T
+    com = np.stack([np.full((T, 2), 20.0), np.full((T, 2), 80.0)], 1)
+    store = _store(tmp_path / "v.zarr", crops, com)
+    rows = [{"frame": t, "animal": f"m{a}", **{n: int(labels[t, a] == k) for k, n in enumerate(names)}}
+            for t in range(T) for a in range(2)]
+    pos = [{"frame": t, "animal": f"m{a}", "x": 20.0 + 60 * a, "y": 20.0 + 60 * a} for t in range(T) for a in range(2)]
+    return {"video": "v", "store": str(store), "labels": str(_labels_csv(tmp_path / "b.csv", rows)),
+            "format": "frames", "positions": str(_labels_csv(tmp_path / "p.csv", pos)), "frames": None}
+
+
+def test_cli_tune_behavenet_temporal_stage_on_frozen_frame_features(tmp_path):
+    """`sipec tune --model behavenet`: the frame network is trained once, the trials tune the temporal network
+    on its features; a temporal network that cannot learn (tiny learning rate) loses to one that can."""
+    from sipec_models.cli import main
+    from sipec_models.tuning import behavenet_features_from_sources
+    from tests.test_behavenet import TINY
+
+    src = _behavenet_source(tmp_path)
+    base = [*TINY, "~tune.space", "+tune.space={tcn_train.lr: {choice: [1e-7, 3e-3]}, "
+                                  "tcn.half_window: {choice: [1, 4]}}",
+            "tune.max_epochs=6", "tune.grace_period=2", "tune.include_default=false"]
+    data = behavenet_features_from_sources([src], None, 5.0, base)
+    # context for the largest half-window of the space: every labelled run keeps 4 frames on each side
+    assert data.features.shape[0] == len(data.labels) == len(data.is_val) and data.names == ["still", "flicker", "long"]
+    assert 0 < data.is_val.mean() < 0.5 and data.frame_val_f1 is not None
+    out = tmp_path / "tune"
+    rc = main(["tune", "--model", "behavenet", "--sources", json.dumps([src]), "--max-distance", "5",
+               "--overrides", *base, "--num-samples", "4", "--threads", "1", "--seed", "0",
+               "--workflow-config", str(out / "best_config.yaml"), "--out-dir", str(out)])
+    assert rc == 0
+    csv = pd.read_csv(out / "trials.csv")
+    assert len(csv) == 4 and (csv["status"] == "ok").all(), csv["error"].tolist()
+    frozen = csv["tcn_train.lr"] < 1e-6
+    assert frozen.any() and (~frozen).any(), csv[["overrides", "val_f1_fg"]]
+    assert csv.loc[~frozen, "val_f1_fg"].max() > csv.loc[frozen, "val_f1_fg"].max() + 0.1, csv
+    best = read_overrides(out / "best_overrides.yaml")
+    assert "tcn_train.lr=0.003" in best
+    cfg = yaml.safe_load((out / "best_config.yaml").read_text())
+    assert cfg == {"behaviour": {"model": "behavenet", "overrides": [*base, *best]}}
+    assert load_model_config("behavenet", cfg["behaviour"]["overrides"]).tcn_train.lr == pytest.approx(3e-3)
+
+
+def test_behavenet_sweep_refuses_frame_network_keys(tmp_path):
+    from sipec_models.tuning import FrameFeatures
+
+    data = FrameFeatures(np.zeros((10, 4), np.float32), np.zeros(10, int), np.zeros(10, int),
+                         np.zeros((10, 1), np.float32), np.arange(10) >= 8, ["a"])
+    with pytest.raises(ValueError, match="tunes only keys under tcn., tcn_train.; not frame_train.lr"):
+        run_sweep("behavenet", data, tmp_path, space={"frame_train.lr": {"loguniform": [1e-4, 1e-3]}})

@@ -264,6 +264,32 @@ def test_figures_target_regenerates_the_configured_figures(models_run):
     assert "Nothing to be done" in run_snakemake(models_run, "--cores", "1", "--dry-run", "figures").stdout
 
 
+def test_tune_target_sweeps_behavenet_and_writes_a_usable_config(models_run, tmp_path):
+    """`snakemake tune`: a Ray Tune sweep of BehaveNet's temporal stage on arena_0's labels inside one job; its
+    best_config.yaml composes with the model config, and a second run does nothing."""
+    import yaml
+
+    from sipec_models.training.config import load_model_config
+
+    overlay = tmp_path / "tune.yaml"
+    overlay.write_text(yaml.safe_dump({"tuning": {"models": ["behavenet"], "num_samples": 3, "overrides": {
+        "behavenet": ["tune.max_epochs=3", "tune.grace_period=1", "~tune.space",
+                      "+tune.space={tcn_train.lr: {loguniform: [1e-4, 1e-2]}, tcn.dropout: {uniform: [0.0, 0.5]}}"]}}}))
+    result = run_snakemake(models_run, "--cores", "2", "--configfile", str(overlay), "tune")
+    assert result.returncode == 0, result.stdout[-6000:]
+    out = models_run / "results/tune/behavenet"
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 3 and (trials["status"] == "ok").all(), trials
+    assert trials.loc[0, "default"] and (trials["val_f1_fg"].between(0, 1)).all()
+    config = yaml.safe_load((out / "best_config.yaml").read_text())
+    assert config["behaviour"]["model"] == "behavenet"
+    assert config["behaviour"]["overrides"][:len(MODELS_DEMO["behaviour"]["overrides"])] == \
+        MODELS_DEMO["behaviour"]["overrides"]
+    load_model_config("behavenet", config["behaviour"]["overrides"])
+    again = run_snakemake(models_run, "--cores", "1", "--configfile", str(overlay), "--dry-run", "tune")
+    assert "Nothing to be done" in again.stdout, again.stdout[-3000:]
+
+
 @pytest.mark.parametrize("position3d, message", [
     ({"enabled": True}, "neither position3d.model"),
     ({"enabled": True, "labels": [{"video": "nope", "labels": "x.csv"}]}, "video 'nope' is not in"),

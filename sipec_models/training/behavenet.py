@@ -34,7 +34,7 @@ import logging
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -187,10 +187,10 @@ def _module_class():
         """One stage: ``net`` on batches ``(x, y)``, focal loss, Adam; validation macro-F1 per epoch."""
 
         def __init__(self, net: torch.nn.Module, lr: float, multilabel: bool, gamma: float, alpha: float,
-                     augment: torch.nn.Module | None = None):
+                     augment: torch.nn.Module | None = None, epoch_callback: Callable[[dict], None] | None = None):
             super().__init__()
             self.net, self.lr, self.multilabel, self.gamma, self.alpha = net, lr, multilabel, gamma, alpha
-            self.augment = augment
+            self.augment, self.epoch_callback = augment, epoch_callback
             self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
             self.history: list[dict] = []
             self.best_f1, self.best_state = -1.0, None
@@ -218,6 +218,8 @@ def _module_class():
             self.log("val_macro_f1", f1)
             if np.isfinite(f1) and f1 > self.best_f1:
                 self.best_f1, self.best_state = f1, copy.deepcopy(self.net.state_dict())
+            if self.epoch_callback is not None:
+                self.epoch_callback({"epoch": self.current_epoch + 1, "val_macro_f1": f1, "prob": prob, "labels": y})
 
         def on_train_epoch_end(self):
             m = {k: float(v) for k, v in self.trainer.callback_metrics.items()}
@@ -232,12 +234,17 @@ def _module_class():
 
 
 def _fit(net: torch.nn.Module, train: TensorDataset, val: TensorDataset | None, stage: Mapping[str, Any],
-         multilabel: bool, loss: Mapping[str, Any], seed: int, augment=None, progress: bool = False) -> list[dict]:
-    """Train ``net`` in place; load the best validation epoch's weights. Returns the per-epoch history."""
+         multilabel: bool, loss: Mapping[str, Any], seed: int, augment=None, progress: bool = False,
+         epoch_callback: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train ``net`` in place; load the best validation epoch's weights. Returns the per-epoch history.
+
+    ``epoch_callback(m)`` is called after every validation epoch with ``m = {epoch (1-based), val_macro_f1,
+    prob (V, K) validation probabilities, labels (V,) or (V, K) validation labels}`` (Ray Tune's reports).
+    """
     import pytorch_lightning as pl
 
     module = _module_class()(net, float(stage["lr"]), multilabel, float(loss["gamma"]), float(loss["alpha"]),
-                             augment)
+                             augment, epoch_callback)
     g = torch.Generator().manual_seed(seed)
     bs = int(stage["batch_size"])
     train_dl = DataLoader(train, batch_size=bs, shuffle=True, generator=g, drop_last=len(train) > bs)
