@@ -522,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="Ray Tune sweep of a model's config (random search, ASHA) on behaviour labels: "
                                     "best_overrides.yaml and trials.csv")
-    p.add_argument("--model", required=True, choices=["pose_classifier", "behavenet"],
+    p.add_argument("--model", required=True, choices=["pose_classifier", "behavenet", "deepethogram"],
                    help="the model (its config's `tune` section holds the search space and sweep settings)")
     p.add_argument("--sources", required=True, type=_json_list,
                    help="label sources, as train-pose-classifier / train-behavenet take them")

@@ -19,8 +19,9 @@ left out, so no training window of the temporal models reaches into it.
 
 Each fold (:func:`run_cv_fold`, rule ``cv_fold``) trains the model on its
 training ranges with the workflow's own entry
-(:func:`~sipec_models.training.behaviour.run_train_behavenet` or
-``run_train_pose_classifier``), predicts every test range with the
+(:func:`~sipec_models.training.behaviour.run_train_behavenet`,
+``run_train_pose_classifier``, or DeepEthogram's flow generator, feature
+extractor, feature extraction and sequence model in series), predicts every test range with the
 workflow's inference (:func:`~sipec_models.inference.behave.run_behave`,
 one chunk per range, so halos and postprocessing are those of the
 pipeline) and scores the calls against the labels
@@ -46,7 +47,7 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 SCHEMES = ("time_blocks", "stratified_blocks", "leave_one_video_out", "group")
-CV_MODELS = ("behavenet", "pose_classifier")
+CV_MODELS = ("behavenet", "pose_classifier", "deepethogram")
 
 
 # --------------------------------------------------------------------------- fold definitions
@@ -219,6 +220,14 @@ def subset_ranges(ranges: Sequence[Mapping[str, Any]], fraction: float) -> list[
             for r in ranges]
 
 
+def _one_chunk_plan(path: Path, n_frames: int, start: int = 0, stop: int | None = None) -> Path:
+    """A one-chunk plan (``[start, stop)``, default the whole video) for the chunk-wise workflow steps."""
+    stop = n_frames if stop is None else stop
+    path.write_text(json.dumps({"n_frames": n_frames, "chunk_size": n_frames,
+                                "chunks": [{"chunk": 0, "start": int(start), "stop": int(stop)}]}))
+    return path
+
+
 def run_cv_fold(model: str, folds_json, fold: int, sources: Sequence[Mapping[str, Any]], out,
                 overrides: Sequence[str] = (), behaviours: Sequence[str] | None = None, max_distance: float = 10.0,
                 n_shifts: int = 50, label_fraction: float = 1.0) -> dict:
@@ -241,6 +250,7 @@ def run_cv_fold(model: str, folds_json, fold: int, sources: Sequence[Mapping[str
     from sipec_models.io.store import open_store
     from sipec_models.tables import behaviour_calls, read_behaviour_chunks
     from sipec_models.training.behaviour import _source_labels, run_train_behavenet, run_train_pose_classifier
+    from sipec_models.training.deepethogram import run_train_deg_sequence, train_feature_stages
 
     if model not in CV_MODELS:
         raise ValueError(f"cross-validation runs {', '.join(CV_MODELS)}, not {model!r}")
@@ -255,10 +265,19 @@ def run_cv_fold(model: str, folds_json, fold: int, sources: Sequence[Mapping[str
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        train = run_train_behavenet if model == "behavenet" else run_train_pose_classifier
         train_ranges = subset_ranges(spec["train"], label_fraction)
-        train(_fold_sources(sources, train_ranges), tmp / "model.pt", overrides=overrides, behaviours=behaviours,
-              max_distance=max_distance, progress=False)
+        features: dict[str, list[str]] = {}
+        if model == "deepethogram":
+            fold_sources = _fold_sources(sources, train_ranges)
+            features = train_feature_stages(sources, fold_sources, [r["video"] for r in spec["test"]], tmp,
+                                            overrides, behaviours, max_distance)
+            run_train_deg_sequence([{**s, "features": features[s["video"]]} for s in fold_sources],
+                                   tmp / "model.pt", overrides=overrides, behaviours=behaviours,
+                                   max_distance=max_distance, progress=False)
+        else:
+            train = run_train_behavenet if model == "behavenet" else run_train_pose_classifier
+            train(_fold_sources(sources, train_ranges), tmp / "model.pt", overrides=overrides,
+                  behaviours=behaviours, max_distance=max_distance, progress=False)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         truths, probs_all, calls_all, runs = [], [], [], []
@@ -267,11 +286,10 @@ def run_cv_fold(model: str, folds_json, fold: int, sources: Sequence[Mapping[str
             src = by_video[r["video"]]
             group = open_store(src["store"])
             T = int(group.attrs["n_frames"])
-            plan = tmp / f"plan_{j}.json"
-            plan.write_text(json.dumps({"n_frames": T, "chunk_size": T,
-                                        "chunks": [{"chunk": 0, "start": r["start"], "stop": r["stop"]}]}))
+            plan = _one_chunk_plan(tmp / f"plan_{j}.json", T, r["start"], r["stop"])
             chunk = run_behave(src["store"], plan, 0, tmp / "model.pt", tmp / f"behave_{j}.zarr",
-                               pose=src.get("pose") or (), px_per_cm=src.get("px_per_cm"))
+                               pose=src.get("pose") or (), px_per_cm=src.get("px_per_cm"),
+                               features=features.get(r["video"], ()))
             probs, names, attrs = read_behaviour_chunks([chunk], T)
             calls = behaviour_calls(probs, bool(attrs["multilabel"]), dict(attrs.get("postprocess") or {}),
                                     float(group.attrs["fps"]))

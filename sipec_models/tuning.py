@@ -3,8 +3,10 @@
 DeepEthogram tunes its models by random search over learning rate,
 regularisation, focal-loss and positive-weight settings, dropout and layer
 sizes; this module does the same for any model registered in
-:data:`TUNABLES` (the pose classifier; BehaveNet's temporal stage on its frozen
-frame-network features, as DeepEthogram tunes its sequence model on cached features).
+:data:`TUNABLES`: the pose classifier; BehaveNet's temporal stage on its frozen
+frame-network features; DeepEthogram's sequence model on the features of its
+flow generator and feature extractors (as DeepEthogram tunes its sequence
+models on cached features).
 
 The sweep is described by the ``tune`` section of the model's config
 (``config/models/<model>.yaml``)::
@@ -72,7 +74,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from sipec_models.training.config import load_model_config, to_dict
 
@@ -517,12 +519,10 @@ def _train_behavenet_tcn(cfg: DictConfig, data: FrameFeatures, report: Callable[
     v = torch.from_numpy(data.is_val)
     if not bool(data.is_val.any()):
         raise ValueError("the BehaveNet sweep needs a validation block (data.val_fraction > 0)")
-    n_epochs = int(c["tcn_train"]["epochs"])
 
     def on_epoch(m: dict) -> None:
         report({"val_f1_fg": _f1_fg(m["prob"], m["labels"], names, multilabel),
-                "val_macro_f1": float(m["val_macro_f1"]), "epoch": int(m["epoch"]),
-                "stop": int(m["epoch"]) >= n_epochs})
+                "val_macro_f1": float(m["val_macro_f1"]), "epoch": int(m["epoch"]), "stop": False})
 
     _fit(tcn, TensorDataset(wins[~v], y[~v]), TensorDataset(wins[v], y[v]), c["tcn_train"], multilabel, c["loss"],
          int(c.get("seed", 0)), None, False, epoch_callback=on_epoch)
@@ -532,13 +532,70 @@ def _behavenet_fixed(s: Mapping[str, Any]) -> list[str]:
     return [f"tcn_train.epochs={s['max_epochs']}", f"tune.cpus_per_trial={s['cpus_per_trial']}"]
 
 
-#: Model name -> how to sweep it. DeepEthogram plugs in with a ``Tunable`` whose ``train`` reports its
-#: validation metric per epoch.
+@dataclass
+class SequenceRuns:
+    """DeepEthogram's cached features of labelled runs: the sequence model's training data.
+
+    Attributes:
+        features: per run ``(T_r, D)`` float32 features of the feature extractors.
+        labels: per run ``(T_r, K)`` 0/1 labels (NaN unlabelled).
+        names: the ``K`` behaviours (with ``background``).
+    """
+
+    features: list[np.ndarray]
+    labels: list[np.ndarray]
+    names: list[str]
+
+
+def deg_sequences_from_sources(sources: Iterable[Mapping[str, Any]], behaviours: Sequence[str] | None = None,
+                               max_distance: float = 20.0, overrides: Sequence[str] = ()) -> SequenceRuns:
+    """Train DeepEthogram's flow generator and feature extractor once (the config with ``overrides``, as the
+    workflow's train_flow and train_features do), extract the features of the label sources' videos and return
+    the labelled runs: the data every trial's sequence model trains on (DeepEthogram tunes its sequence models
+    on cached features the same way)."""
+    from sipec_models.training.deepethogram import sequence_runs, train_feature_stages
+
+    sources = list(sources)
+    with tempfile.TemporaryDirectory(prefix="sipec_tune_deg_") as tmp:
+        by_video = list({s["video"]: s for s in sources}.values())
+        features = train_feature_stages(by_video, sources, [], tmp, overrides, behaviours, max_distance)
+        feats, labs, names, _ = sequence_runs([{**s, "features": features[s["video"]]} for s in sources],
+                                              behaviours, max_distance)
+    log.info("DeepEthogram sweep data: %d labelled runs, %d frames, %d features", len(feats),
+             sum(len(f) for f in feats), feats[0].shape[1])
+    return SequenceRuns([np.asarray(f, np.float32) for f in feats], [np.asarray(y) for y in labs], names)
+
+
+def _train_deg_sequence(cfg: DictConfig, data: SequenceRuns, report: Callable[[dict], None]) -> None:
+    import torch
+
+    from sipec_models.training.deg_sequence import train_sequence
+
+    c = to_dict(cfg)
+    torch.set_num_threads(int(c.get("tune", {}).get("cpus_per_trial", 1) or 1))
+
+    def on_epoch(rec: dict) -> None:
+        f1 = rec.get("val_macro_f1")
+        if f1 is None:
+            raise ValueError("the DeepEthogram sweep needs validation frames (data.val_fraction > 0)")
+        report({"val_f1_fg": float(f1) if np.isfinite(f1) else 0.0, "train_loss": float(rec["train_data_loss"]),
+                "epoch": int(rec["epoch"]) + 1, "stop": bool(rec["stop"])})
+
+    train_sequence(data.features, data.labels, data.names, cfg=c, progress=False, epoch_callback=on_epoch)
+
+
+def _deg_fixed(s: Mapping[str, Any]) -> list[str]:
+    return [f"sequence.train.epochs={s['max_epochs']}", f"tune.cpus_per_trial={s['cpus_per_trial']}"]
+
+
+#: Model name -> how to sweep it.
 TUNABLES: dict[str, Tunable] = {
     "pose_classifier": Tunable("pose_classifier", _train_pose_classifier, ("val_f1_fg", "val_f1", "val_loss"),
                                _pose_fixed, pose_sequences_from_sources),
     "behavenet": Tunable("behavenet", _train_behavenet_tcn, ("val_f1_fg", "val_macro_f1"), _behavenet_fixed,
                          behavenet_features_from_sources, keys=("tcn.", "tcn_train.")),
+    "deepethogram": Tunable("deepethogram", _train_deg_sequence, ("val_f1_fg",), _deg_fixed,
+                            deg_sequences_from_sources, keys=("sequence.",)),
 }
 
 

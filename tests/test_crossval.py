@@ -95,3 +95,28 @@ def test_aggregate_gives_mean_and_sem_over_folds(tmp_path):
     assert summary["chance_macro_f1"]["mean"] == pytest.approx(0.2)
     csv = (tmp_path / "summary.csv").read_text().splitlines()
     assert csv[0] == "model,score,mean,sem,n" and len(csv) == 1 + 3 + 2
+
+
+def test_deepethogram_fold_trains_its_three_stages_and_scores_the_test_block(tmp_path):
+    """A DeepEthogram fold: flow generator, feature extractor, features and sequence model trained on the training
+    block only (as the workflow runs them), calls scored on the test block, beside the circular-shift chance."""
+    import torch
+
+    from sipec_models.crossval import run_cv_fold, run_cv_folds
+    from tests.test_deepethogram_rules import TINY_DEG
+    from tests.test_tuning import _behavenet_source
+
+    torch.set_num_threads(1)
+    src = _behavenet_source(tmp_path, T=160)
+    folds = run_cv_folds([src], tmp_path / "folds.json", "time_blocks", 2, purge_frames=5, max_distance=5.0)
+    assert len(folds) == 2
+    out = tmp_path / "fold_1.json"
+    result = run_cv_fold("deepethogram", tmp_path / "folds.json", 1, [src], out, overrides=TINY_DEG,
+                         max_distance=5.0, n_shifts=10)
+    assert json.loads(out.read_text()) == result
+    assert result["model"] == "deepethogram" and result["fold"] == 1
+    assert result["n_test_animal_frames"] == 2 * 80
+    assert set(result["per_behaviour"]) >= {"still", "flicker", "long"}
+    assert 0 <= result["macro_f1"] <= 1 and 0 <= result["chance_macro_f1"]["mean"] <= 1
+    with pytest.raises(ValueError, match="cross-validation runs behavenet, pose_classifier, deepethogram"):
+        run_cv_fold("leap", tmp_path / "folds.json", 0, [src], tmp_path / "x.json")

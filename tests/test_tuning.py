@@ -258,3 +258,39 @@ def test_behavenet_sweep_refuses_frame_network_keys(tmp_path):
                          np.zeros((10, 1), np.float32), np.arange(10) >= 8, ["a"])
     with pytest.raises(ValueError, match="tunes only keys under tcn., tcn_train.; not frame_train.lr"):
         run_sweep("behavenet", data, tmp_path, space={"frame_train.lr": {"loguniform": [1e-4, 1e-3]}})
+
+
+def test_cli_tune_deepethogram_sequence_model_on_cached_features(tmp_path):
+    """`sipec tune --model deepethogram`: flow generator and feature extractor trained once, the trials tune the
+    TGM sequence model on their features; the shipped space composes and the best config loads."""
+    from sipec_models.cli import main
+    from sipec_models.tuning import SequenceRuns, deg_sequences_from_sources
+    from tests.test_deepethogram_rules import TINY_DEG
+
+    src = _behavenet_source(tmp_path, T=120)
+    space = ("+tune.space={sequence.train.lr: {choice: [1e-7, 3e-3]}, "
+             "sequence.model.filter_length: {choice: [5, 9]}}")
+    base = [*TINY_DEG, "~tune.space", space, "tune.max_epochs=4", "tune.grace_period=2",
+            "tune.include_default=false"]
+    data = deg_sequences_from_sources([src], None, 5.0, base)
+    # every frame is labelled: no background column; one run per animal
+    assert isinstance(data, SequenceRuns) and data.names == ["still", "flicker", "long"] and len(data.features) == 2
+    assert all(f.shape == (120, data.features[0].shape[1]) and y.shape == (120, 3)
+               for f, y in zip(data.features, data.labels))
+    out = tmp_path / "tune"
+    rc = main(["tune", "--model", "deepethogram", "--sources", json.dumps([src]), "--max-distance", "5",
+               "--overrides", *base, "--num-samples", "3", "--threads", "1", "--seed", "0",
+               "--workflow-config", str(out / "best_config.yaml"), "--out-dir", str(out)])
+    assert rc == 0
+    csv = pd.read_csv(out / "trials.csv")
+    assert len(csv) == 3 and (csv["status"] == "ok").all(), csv["error"].tolist()
+    assert csv["val_f1_fg"].between(0, 1).all()
+    cfg = yaml.safe_load((out / "best_config.yaml").read_text())
+    assert cfg["behaviour"]["model"] == "deepethogram"
+    load_model_config("deepethogram", cfg["behaviour"]["overrides"])
+    # every value of the shipped DeepEthogram space composes with the model config
+    full = load_model_config("deepethogram")
+    for key, d in parse_space(full).items():
+        assert key.startswith("sequence.")
+        for v in (d.args if d.kind == "choice" else d.args[:1]):
+            load_model_config("deepethogram", [d.override(d.encode(v))])

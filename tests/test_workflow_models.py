@@ -275,7 +275,7 @@ def test_tune_target_sweeps_behavenet_and_writes_a_usable_config(models_run, tmp
     overlay.write_text(yaml.safe_dump({"tuning": {"models": ["behavenet"], "num_samples": 3, "overrides": {
         "behavenet": ["tune.max_epochs=3", "tune.grace_period=1", "~tune.space",
                       "+tune.space={tcn_train.lr: {loguniform: [1e-4, 1e-2]}, tcn.dropout: {uniform: [0.0, 0.5]}}"]}}}))
-    result = run_snakemake(models_run, "--cores", "2", "--configfile", str(overlay), "tune")
+    result = run_snakemake(models_run, "tune", "--cores", "2", "--configfile", str(overlay))  # target first
     assert result.returncode == 0, result.stdout[-6000:]
     out = models_run / "results/tune/behavenet"
     trials = pd.read_csv(out / "trials.csv")
@@ -286,7 +286,7 @@ def test_tune_target_sweeps_behavenet_and_writes_a_usable_config(models_run, tmp
     assert config["behaviour"]["overrides"][:len(MODELS_DEMO["behaviour"]["overrides"])] == \
         MODELS_DEMO["behaviour"]["overrides"]
     load_model_config("behavenet", config["behaviour"]["overrides"])
-    again = run_snakemake(models_run, "--cores", "1", "--configfile", str(overlay), "--dry-run", "tune")
+    again = run_snakemake(models_run, "tune", "--cores", "1", "--dry-run", "--configfile", str(overlay))
     assert "Nothing to be done" in again.stdout, again.stdout[-3000:]
 
 

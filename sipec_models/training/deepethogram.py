@@ -29,6 +29,7 @@ Labels are DeepEthogram's multi-label 0/1 per behaviour plus ``background``
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -310,6 +311,69 @@ def read_deg_features(paths: Sequence[str | os.PathLike], start: int, stop: int)
     return out
 
 
+def sequence_runs(sources: Sequence[Mapping[str, Any]], behaviours: Sequence[str] | None = None,
+                  max_distance: float = 20.0) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[dict]]:
+    """The sequence model's training data: every run of a slot with features that holds labelled frames.
+
+    Args:
+        sources: label sources with ``features`` (the video's ``extract_features`` chunk stores).
+
+    Returns:
+        per run ``(T_r, D)`` features and ``(T_r, K)`` 0/1 labels (NaN unlabelled), the ``K`` behaviour
+        names (with ``background``) and per-source counts.
+    """
+    feats, labs, names, stats = [], [], None, []
+    for src in sources:
+        group = open_store(src["store"])
+        y, n = _source_targets(src, group, behaviours, max_distance)
+        names = _check_names(n, names, src)
+        T = int(group.attrs["n_frames"])
+        x = read_deg_features(src["features"], 0, T)
+        valid = np.isfinite(x).all(-1)
+        for a, s, e in _runs(valid):
+            if np.isfinite(y[s:e, a]).all(-1).any():
+                feats.append(x[s:e, a])
+                labs.append(y[s:e, a])
+        stats.append({"video": str(src["video"]), "runs": len(feats)})
+    if not feats:
+        raise ValueError("no labelled frame of any source has DeepEthogram features: check behaviour.labels")
+    return feats, labs, list(names), stats
+
+
+def train_feature_stages(sources: Sequence[Mapping[str, Any]], train_sources: Sequence[Mapping[str, Any]],
+                         videos: Sequence[str], workdir: str | os.PathLike, overrides: Sequence[str] = (),
+                         behaviours: Sequence[str] | None = None,
+                         max_distance: float = 20.0) -> dict[str, list[str]]:
+    """DeepEthogram's first two stages in series, as the workflow runs them, and the features they give:
+    the flow generator (unsupervised) on the videos of ``train_sources``, the feature extractor on their
+    labels (``frames`` ranges respected), then the features of every video of ``train_sources`` and
+    ``videos`` (one store per video, the whole video).
+
+    Args:
+        sources: one label source per video (``video``, ``store``, ...).
+        train_sources: the sources to train on (possibly with ``frames`` ranges, several per video).
+        videos: further videos to extract features of (e.g. test videos).
+        workdir: folder for ``flow.pt``, ``features.pt`` and ``deg_features_<video>.zarr``.
+
+    Returns:
+        video -> its feature stores (``features`` of :func:`run_train_deg_sequence` and ``run_behave``).
+    """
+    workdir = Path(workdir)
+    by_video = {s["video"]: s for s in sources}
+    train_videos = list(dict.fromkeys(s["video"] for s in train_sources))
+    run_train_deg_flow([by_video[v] for v in train_videos], workdir / "flow.pt", overrides=overrides, progress=False)
+    run_train_deg_features(train_sources, workdir / "flow.pt", workdir / "features.pt", overrides=overrides,
+                           behaviours=behaviours, max_distance=max_distance, progress=False)
+    features = {}
+    for v in dict.fromkeys([*train_videos, *videos]):
+        T = int(open_store(by_video[v]["store"]).attrs["n_frames"])
+        plan = workdir / f"plan_{v}.json"
+        plan.write_text(json.dumps({"n_frames": T, "chunk_size": T, "chunks": [{"chunk": 0, "start": 0, "stop": T}]}))
+        features[v] = [str(run_extract_deg_features(by_video[v]["store"], plan, 0, workdir / "flow.pt",
+                                                    workdir / "features.pt", workdir / f"deg_features_{v}.zarr"))]
+    return features
+
+
 def run_train_deg_sequence(sources: Sequence[Mapping[str, Any]], out: str | os.PathLike,
                            overrides: Sequence[str] = (), behaviours: Sequence[str] | None = None,
                            max_distance: float = 20.0, metrics_out: str | os.PathLike | None = None,
@@ -326,21 +390,7 @@ def run_train_deg_sequence(sources: Sequence[Mapping[str, Any]], out: str | os.P
     from sipec_models.training.deg_sequence import save_sequence_model, train_sequence
 
     cfg = _cfg(overrides)
-    feats, labs, names, stats = [], [], None, []
-    for src in sources:
-        group = open_store(src["store"])
-        y, n = _source_targets(src, group, behaviours, max_distance)
-        names = _check_names(n, names, src)
-        T = int(group.attrs["n_frames"])
-        x = read_deg_features(src["features"], 0, T)
-        valid = np.isfinite(x).all(-1)
-        for a, s, e in _runs(valid):
-            if np.isfinite(y[s:e, a]).all(-1).any():
-                feats.append(x[s:e, a])
-                labs.append(y[s:e, a])
-        stats.append({"video": str(src["video"]), "runs": len(feats)})
-    if not feats:
-        raise ValueError("no labelled frame of any source has DeepEthogram features: check behaviour.labels")
+    feats, labs, names, stats = sequence_runs(sources, behaviours, max_distance)
     model = train_sequence(feats, labs, names, cfg=to_dict(cfg), progress=progress)
     fps = float(open_store(sources[0]["store"]).attrs.get("fps") or 0) or None
     model.history = {**(model.history or {}), "sources": stats, "fps": fps}

@@ -50,7 +50,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -400,7 +400,8 @@ def _val_probs(net: TGMSequenceModel, feats, labs, n_val, infer: Mapping[str, An
 def train_sequence(features: Sequence[np.ndarray], labels: Sequence[np.ndarray], names: Sequence[str],
                    cfg: Mapping[str, Any] | None = None, overrides: Sequence[str] = (),
                    out: str | os.PathLike | None = None, progress: bool = True,
-                   device: str | torch.device | None = None) -> SequenceModel:
+                   device: str | torch.device | None = None,
+                   epoch_callback: Callable[[dict], None] | None = None) -> SequenceModel:
     """Train DeepEthogram's TGM sequence model on cached features of several videos.
 
     Args:
@@ -415,6 +416,9 @@ def train_sequence(features: Sequence[np.ndarray], labels: Sequence[np.ndarray],
             (atomically) whenever it improves, and the final model at the end.
         progress: show a tqdm bar over epochs.
         device: default ``cuda`` when available, else ``cpu``.
+        epoch_callback: called after every epoch with the epoch's record (``epoch`` 0-based, ``steps``,
+            ``lr``, ``train_data_loss``, ``val_macro_f1`` when there are validation frames) and ``stop``
+            (True when the step limit or the learning-rate floor ends training after it); Ray Tune's reports.
 
     Returns:
         The model at its best validation epoch (the last epoch when no
@@ -498,7 +502,10 @@ def train_sequence(features: Sequence[np.ndarray], labels: Sequence[np.ndarray],
                                                           for k, v in rec.items()})
         bar.set_postfix(loss=f"{rec['train_data_loss']:.3g}", val_f1=f"{rec.get('val_macro_f1', float('nan')):.3f}",
                         lr=f"{rec['lr']:.1e}")
-        if steps >= int(tr["max_steps"]) or opt.param_groups[0]["lr"] < float(tr["min_lr"]):
+        stop = steps >= int(tr["max_steps"]) or opt.param_groups[0]["lr"] < float(tr["min_lr"])
+        if epoch_callback is not None:
+            epoch_callback({**rec, "stop": bool(stop)})
+        if stop:
             break
     bar.close()
 
