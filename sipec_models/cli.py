@@ -36,6 +36,7 @@ problem and exit with status 1.
     sipec evaluate-pose   k-fold pose error and label-count ablation of PoseNet or LEAP
     sipec pose-ablation-figure  PCK against labelled frames of the evaluated pose models
     sipec evaluate-identity  identity accuracy of merged tables against labels
+    sipec evaluate-idnet  label-count ablation of IdNet: identity accuracy against labelled frames
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def cmd_figure(args) -> None:
         return value
 
     if args.kind == "segmentation-identity":
-        figures.segmentation_id(args.ablation, args.identity, args.out)
+        figures.segmentation_id(args.ablation, args.identity, args.out, idnet_ablation_csv=args.idnet_ablation)
     elif args.kind == "behaviour-compare":
         figures.behaviour_compare(need(args.folds, "--folds"), args.out, models=args.models)
     elif args.kind == "behaviour-ablation":
@@ -328,6 +329,13 @@ def cmd_pose_ablation_figure(args) -> None:
     pose_ablation_figure(args.ablations, args.figure, radius=args.radius)
 
 
+def cmd_evaluate_idnet(args) -> None:
+    from sipec_models.evaluation import run_evaluate_idnet_ablation
+
+    run_evaluate_idnet_ablation(args.sources, args.tests, label_counts=args.label_counts, repeats=args.repeats,
+                                overrides=args.overrides, out=args.out, figure=args.figure, seed=args.seed)
+
+
 def cmd_evaluate_identity(args) -> None:
     from sipec_models.evaluation import run_evaluate_identity
 
@@ -482,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", type=Path, help="segmentation-identity: evaluate-segnet ablation CSV")
     p.add_argument("--identity", nargs="*", default=[], type=Path,
                    help="segmentation-identity: evaluate-identity JSON files")
+    p.add_argument("--idnet-ablation", type=Path, help="segmentation-identity: evaluate-idnet ablation CSV")
     p.add_argument("--folds", nargs="*", default=[], type=Path, help="behaviour-compare: cv-fold JSON files")
     p.add_argument("--models", nargs=2, default=["behavenet", "pose_classifier"],
                    help="behaviour-compare: the two models")
@@ -718,6 +727,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", required=True, type=Path, help="identity table: frame, identity and box or x, y")
     p.add_argument("--out", required=True, type=Path, help="JSON")
     p.set_defaults(func=cmd_evaluate_identity)
+
+    p = sub.add_parser("evaluate-idnet", help="label-count ablation of IdNet: identity accuracy on unseen frames "
+                                              "against labelled training frames")
+    p.add_argument("--sources", required=True, type=_json_list,
+                   help='training labels, as train-idnet: JSON list of {"video", "store", "labels", "format", '
+                        '"frames"}')
+    p.add_argument("--tests", required=True, type=_json_list,
+                   help='test videos: JSON list of {"video_id", "video", "store", "truth"} (identity tables)')
+    p.add_argument("--label-counts", type=int, nargs="+", default=[5, 20, 80],
+                   help="ablation points, labelled training frames (the full set is always added)")
+    p.add_argument("--repeats", type=int, default=3, help="random subsets per label count")
+    p.add_argument("--overrides", nargs="*", default=[], help="Hydra overrides of config/models/idnet.yaml")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsets (and of training, plus the repeat)")
+    p.add_argument("--out", required=True, type=Path, help="CSV: one row per subset and test video")
+    p.add_argument("--figure", required=True, type=Path, help="ablation figure (PNG)")
+    p.set_defaults(func=cmd_evaluate_idnet)
 
     p = sub.add_parser("summary", help="cohort summary over per-animal tables")
     p.add_argument("tables", nargs="+", type=Path)

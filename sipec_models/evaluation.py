@@ -230,8 +230,9 @@ def ablation_summary(table: pd.DataFrame, score: str = "ap") -> dict:
 
 
 def ablation_figure(table: pd.DataFrame, path, title: str, xlabel: str, score: str = "ap",
-                    ylabel: str | None = None) -> None:
-    """Score against training labels: folds as dots, mean line, 95 % of peak, chance.
+                    ylabel: str | None = None, points: str = "folds") -> None:
+    """Score against training labels: folds (or ``points``: what each dot is) as dots, mean line, 95 % of peak,
+    chance.
 
     With a ``model`` column, one curve (and one 95 % line) per model.
     """
@@ -249,7 +250,7 @@ def ablation_figure(table: pd.DataFrame, path, title: str, xlabel: str, score: s
         means = pd.Series(summary["means"])
         label = "mean" if name is None else str(name)
         ax.scatter(t["n_train"], t[score], s=14, color=f"C{c}" if name else "0.3", alpha=0.5,
-                   label="folds" if name is None else None)
+                   label=points if name is None else None)
         ax.plot(means.index, means.values, "-o", color=f"C{c}", label=label)
         ax.axhline(0.95 * summary["peak"], ls="--", color=f"C{c}" if name else "C1", lw=0.8,
                    label="95 % of peak" if name is None else None)
@@ -364,3 +365,150 @@ def run_evaluate_identity(video_id: str, store, probe, identify: Sequence[str | 
         log.info("%s, smoothing %s: identity accuracy %.4f (chance %.4f) over %d labelled animals, %d switches",
                  video_id, k, r["accuracy"], r["chance"], r["n_labelled"], r["identity_switches"])
     return result
+
+
+def _identity_test_set(test: dict, names: Sequence[str], crop, exclude_frames: set[int]) -> dict:
+    """Crops of every segmented animal in the labelled frames of a test video, and the truth per slot.
+
+    ``test``: ``{video_id, video, store, truth}``; frames in ``exclude_frames`` (training frames of the same
+    video) are left out. Returns ``{seq (N, 2h+1, S, S), items [(row, slot)], truth (F, A), n_frames, A}``.
+    """
+    from sipec_models.identity import load_identity_table, match_labels_to_slots, truth_per_slot
+    from sipec_models.io.store import open_store
+    from sipec_models.training.idnet import collect_sequences
+
+    group = open_store(test["store"])
+    labels = load_identity_table(test["truth"])
+    unknown = sorted(set(labels["identity"]) - set(names))
+    if unknown:
+        raise ValueError(f"{test['truth']}: identities {unknown} are not among the training labels' {list(names)}")
+    labels = labels[~labels["frame"].isin(exclude_frames)].reset_index(drop=True)
+    if labels.empty:
+        raise ValueError(f"{test['truth']}: no labelled frame left outside the training frames of "
+                         f"{test['video_id']}")
+    has_mask = group["mask"][...].any(axis=(2, 3))
+    box = np.where(has_mask[..., None], group["box"][...], np.nan)
+    slots = match_labels_to_slots(labels, box, group["com"][...])
+    frames = np.unique(labels["frame"].to_numpy()[slots >= 0])
+    if not len(frames):
+        raise ValueError(f"{test['truth']}: no identity label matched a segmented animal of {test['video_id']}")
+    A = box.shape[1]
+    truth = truth_per_slot(labels, slots, names, box.shape[:2])[frames]
+    items = [(int(f), a) for f in frames for a in range(A) if has_mask[f, a]]
+    seq = collect_sequences(test["video"], group["mask"], group["crop_origin"], items, crop,
+                            n_frames=int(group.attrs["n_frames"]))
+    row = {int(f): i for i, f in enumerate(frames)}
+    return {"video_id": test["video_id"], "seq": seq, "items": [(row[f], a) for f, a in items], "truth": truth,
+            "n_frames": len(frames), "A": A, "n_labelled": int((truth >= 0).sum())}
+
+
+def _identity_test_scores(frame_net, recurrent, test: dict, K: int) -> dict:
+    """Per-frame assigned identity accuracy (and chance) of a trained IdNet on a :func:`_identity_test_set`."""
+    from sipec_models.identity import assign_identities, identity_accuracy, shuffled_chance
+    from sipec_models.training.idnet import predict_proba
+
+    out = {}
+    variants = [("frame_net", False)] + ([("recurrent", True)] if recurrent is not None else [])
+    for name, use_rec in variants:
+        p = predict_proba(frame_net, recurrent, test["seq"], use_recurrent=use_rec)
+        prob = np.full((test["n_frames"], test["A"], K), np.nan)
+        for (r, a), row in zip(test["items"], p):
+            prob[r, a] = row
+        assignment = assign_identities(prob)
+        out[name] = {"accuracy": identity_accuracy(assignment, test["truth"]),
+                     "chance": shuffled_chance(assignment, test["truth"])["mean"]}
+    return out
+
+
+def run_evaluate_idnet_ablation(sources: Sequence[dict], tests: Sequence[dict],
+                                label_counts: Sequence[int] = (5, 20, 80), repeats: int = 3,
+                                overrides: Iterable[str] = (), out=None, figure=None, seed: int = 0) -> pd.DataFrame:
+    """Label-count ablation of IdNet (SIPEC Fig. 2d): identity accuracy against labelled training frames.
+
+    IdNet (``config/models/idnet.yaml`` with ``overrides``; the recurrent network too when
+    ``crop.half_window > 0``) is trained on random subsets of ``n`` of the labelled frames of ``sources`` (every
+    labelled animal of a chosen frame is used), ``repeats`` subsets per count (seeded), plus once on all of
+    them, and scored on the labelled frames of ``tests``, which it never saw: per frame, every segmented animal
+    gets an identity by the Hungarian assignment (:func:`sipec_models.identity.assign_identities`), and the
+    labelled animals score whether theirs is right. Chance: the same assignments against the identity names
+    permuted. Test labels at frames of a training source of the same video are left out.
+
+    Args:
+        sources: ``sipec train-idnet`` sources ``{video, store, labels, format, frames}``.
+        tests: ``{video_id, video, store, truth}``: segmented videos with an identity table.
+        label_counts: ablation points in labelled frames (those >= the frames available are replaced by the
+            full set).
+
+    Writes ``out`` (CSV: ``repeat, n_train`` (labelled frames), ``n_labels`` (animals), ``full``, ``video``,
+    ``accuracy`` (the configured network: recurrent when it has one), ``chance``, ``accuracy_frame_net``,
+    ``n_test``, ``train_s``) and ``figure`` (accuracy against labelled frames, 95 % of peak marked).
+
+    Returns:
+        The table.
+    """
+    from sipec_models.io.store import open_store
+    from sipec_models.training.config import load_model_config, to_dict
+    from sipec_models.training.idnet import CropSettings, IdData, collect_sequences, source_samples, train_idnet
+
+    cfg = to_dict(load_model_config("idnet", list(overrides)))
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, not {repeats}")
+    if not sources or not tests:
+        raise ValueError("the IdNet ablation needs identity-label sources to train on and test videos to score")
+    c = cfg["crop"]
+    crop_size = int(open_store(sources[0]["store"]).attrs["crop_size"])
+    crop = CropSettings(window=int(c["window"] or crop_size), out_size=int(c["out_size"]),
+                        half_window=int(c["half_window"]), dilation_base_px=float(c["dilation_base_px"]),
+                        dilation_step_px=float(c["dilation_step_px"]))
+    seqs, idents, frame_keys, trained_frames = [], [], [], {}
+    for k, src in enumerate(sources):
+        items, ids, _ = source_samples(src, cfg)
+        if not items:
+            continue
+        store = open_store(src["store"])
+        seqs.append(collect_sequences(src["video"], store["mask"], store["crop_origin"], items, crop,
+                                      n_frames=int(store.attrs["n_frames"])))
+        idents += ids
+        frame_keys += [(k, f) for f, _ in items]
+        trained_frames.setdefault(str(src["video"]), set()).update(
+            range(*src["frames"]) if src.get("frames") else range(int(store.attrs["n_frames"])))
+    if not seqs:
+        raise ValueError("no identity label of the training sources matched a segmented animal")
+    seq = np.concatenate(seqs)
+    names = sorted(set(idents))
+    if len(names) < 2:
+        raise ValueError(f"need labels of at least 2 identities to train IdNet; found {names}")
+    label = np.array([names.index(n) for n in idents], np.int64)
+    keys = sorted(set(frame_keys))
+    key_of = np.array([keys.index(fk) for fk in frame_keys])
+    test_sets = [_identity_test_set(t, names, crop, trained_frames.get(str(t["video"]), set())) for t in tests]
+    counts = sorted({int(n) for n in label_counts if 0 < int(n) < len(keys)})
+    plan = [(n, r) for n in counts for r in range(repeats)] + [(len(keys), 0)]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for n, r in plan:
+        chosen = np.arange(len(keys)) if n == len(keys) else np.sort(rng.choice(len(keys), n, replace=False))
+        sub = np.isin(key_of, chosen)
+        t0 = time.perf_counter()
+        frame_net, recurrent, _ = train_idnet(IdData(seq[sub], label[sub]), names, {**cfg, "seed": seed + r})
+        train_s = time.perf_counter() - t0
+        for test in test_sets:
+            s = _identity_test_scores(frame_net, recurrent, test, len(names))
+            main = s["recurrent" if recurrent is not None else "frame_net"]
+            rows.append({"repeat": r, "n_train": int(n), "n_labels": int(sub.sum()), "full": n == len(keys),
+                         "video": test["video_id"], "accuracy": main["accuracy"], "chance": main["chance"],
+                         "accuracy_frame_net": s["frame_net"]["accuracy"], "n_test": test["n_labelled"],
+                         "train_s": round(train_s, 1)})
+            log.info("%d labelled frames (%d animals), repeat %d: identity accuracy on %s %.3f (chance %.3f), "
+                     "trained in %.0f s", n, sub.sum(), r, test["video_id"], main["accuracy"], main["chance"],
+                     train_s)
+    table = pd.DataFrame(rows)
+    summary = ablation_summary(table, "accuracy")
+    log.info("IdNet ablation: peak mean accuracy %.3f; 95%% of peak reached with %s labelled frames",
+             summary["peak"], summary["frames_for_95"])
+    if out:
+        _write_csv(table, out)
+    if figure:
+        ablation_figure(table, figure, "IdNet: identity accuracy on unseen frames", "labelled training frames",
+                        "accuracy", "identity accuracy (per frame)", points="subsets")
+    return table

@@ -62,44 +62,54 @@ def _save(fig, table: pd.DataFrame, figure: str | os.PathLike) -> Path:
     return csv
 
 
+def _ablation_panel(ax, csv: str | os.PathLike, score: str, panel: str, label: str, ylabel: str,
+                    title: str) -> list[dict]:
+    """Draw mean ± s.e.m. of ``score`` and ``chance`` against ``n_train`` of an ablation CSV; return its rows."""
+    ab = pd.read_csv(csv)
+    missing = {"n_train", score, "chance"} - set(ab.columns)
+    if missing:
+        raise ValueError(f"{csv}: lacks column(s) {', '.join(sorted(missing))}")
+    rows = []
+    for col, style in ((score, "o-"), ("chance", "s--")):
+        g = ab.groupby("n_train")[col]
+        mean, sem, n = g.mean(), g.sem(), g.count()
+        ax.errorbar(mean.index, mean.values, yerr=sem.fillna(0).values, fmt=style,
+                    label=label if col == score else "chance", capsize=3)
+        rows += [{"panel": panel, "x": int(x), "score": col, "mean": mean[x], "sem": sem[x], "n": n[x]}
+                 for x in mean.index]
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled frames")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    ax.legend(frameon=False)
+    ax.set_title(title)
+    return rows
+
+
 def segmentation_id(ablation_csv: str | os.PathLike | None, identity_json: Sequence[str | os.PathLike],
-                    figure: str | os.PathLike) -> pd.DataFrame:
-    """SIPEC Fig. 2b-d: SegNet mask AP@0.5 against labelled frames, and identity accuracy per video, with chance.
+                    figure: str | os.PathLike, idnet_ablation_csv: str | os.PathLike | None = None) -> pd.DataFrame:
+    """SIPEC Fig. 2b-d: SegNet mask AP@0.5 against labelled frames, identity accuracy per video and against
+    labelled frames, each with chance.
 
     Args:
         ablation_csv: ``sipec evaluate-segnet`` ablation (fold, n_train, ap, chance), or None.
         identity_json: ``sipec evaluate-identity`` results (accuracy and chance, without and with track smoothing).
+        idnet_ablation_csv: ``sipec evaluate-idnet`` ablation (repeat, n_train, accuracy, chance), or None.
 
     Returns:
         The table written beside the figure: ``panel, x, score, mean, sem, n``.
     """
-    if ablation_csv is None and not identity_json:
+    if ablation_csv is None and not identity_json and idnet_ablation_csv is None:
         raise ValueError("no segmentation ablation and no identity evaluation to draw")
     plt = _pyplot()
     rows = []
-    panels = int(ablation_csv is not None) + int(bool(identity_json))
+    panels = int(ablation_csv is not None) + int(bool(identity_json)) + int(idnet_ablation_csv is not None)
     fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.6), squeeze=False)
     k = 0
     if ablation_csv is not None:
-        ab = pd.read_csv(ablation_csv)
-        missing = {"n_train", "ap", "chance"} - set(ab.columns)
-        if missing:
-            raise ValueError(f"{ablation_csv}: lacks column(s) {', '.join(sorted(missing))}")
-        ax = axes[0, k]
+        rows += _ablation_panel(axes[0, k], ablation_csv, "ap", "segnet_ap", "SegNet",
+                                "mask AP@0.5 (k-fold, mean ± s.e.m.)", "Segmentation (SIPEC Fig. 2b)")
         k += 1
-        for score, style in (("ap", "o-"), ("chance", "s--")):
-            g = ab.groupby("n_train")[score]
-            mean, sem, n = g.mean(), g.sem(), g.count()
-            ax.errorbar(mean.index, mean.values, yerr=sem.fillna(0).values, fmt=style,
-                        label="SegNet" if score == "ap" else "chance", capsize=3)
-            rows += [{"panel": "segnet_ap", "x": int(x), "score": score, "mean": mean[x], "sem": sem[x], "n": n[x]}
-                     for x in mean.index]
-        ax.set_xscale("log")
-        ax.set_xlabel("labelled frames")
-        ax.set_ylabel("mask AP@0.5 (k-fold, mean ± s.e.m.)")
-        ax.set_ylim(0, 1.02)
-        ax.legend(frameon=False)
-        ax.set_title("Segmentation (SIPEC Fig. 2b)")
     if identity_json:
         ax = axes[0, k]
         labels, acc_none, acc_track, chance = [], [], [], []
@@ -120,7 +130,11 @@ def segmentation_id(ablation_csv: str | os.PathLike | None, identity_json: Seque
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("identity accuracy")
         ax.legend(frameon=False, fontsize=8)
-        ax.set_title("Identification (SIPEC Fig. 2c-d)")
+        ax.set_title("Identification (SIPEC Fig. 2c)")
+        k += 1
+    if idnet_ablation_csv is not None:
+        rows += _ablation_panel(axes[0, k], idnet_ablation_csv, "accuracy", "idnet_accuracy", "IdNet",
+                                "identity accuracy (mean ± s.e.m.)", "Identification (SIPEC Fig. 2d)")
     fig.tight_layout()
     table = pd.DataFrame(rows, columns=["panel", "x", "score", "mean", "sem", "n"])
     _save(fig, table, figure)

@@ -31,6 +31,19 @@ def test_segmentation_identity(tmp_path):
         figures.segmentation_id(None, [], tmp_path / "x.png")
 
 
+def test_segmentation_identity_with_the_idnet_ablation(tmp_path):
+    ab = pd.DataFrame({"repeat": [0, 1, 0], "n_train": [5, 5, 80], "accuracy": [0.6, 0.8, 0.95],
+                       "chance": [0.33, 0.34, 0.33]})
+    ab.to_csv(tmp_path / "idab.csv", index=False)
+    table = figures.segmentation_id(None, [], tmp_path / "fig.png", idnet_ablation_csv=tmp_path / "idab.csv")
+    _png(tmp_path / "fig.png")
+    acc = table[(table["panel"] == "idnet_accuracy") & (table["score"] == "accuracy")].set_index("x")
+    assert acc.loc[5, "mean"] == pytest.approx(0.7) and acc.loc[5, "n"] == 2 and acc.loc[80, "n"] == 1
+    ab.drop(columns="chance").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="bad.csv: lacks column.*chance"):
+        figures.segmentation_id(None, [], tmp_path / "x.png", idnet_ablation_csv=tmp_path / "bad.csv")
+
+
 def _fold(path, model, fold, f1s):
     path.write_text(json.dumps({"model": model, "fold": fold, "label_fraction": 1.0, "chance_macro_f1": {"mean": 0.2},
                                 "per_behaviour": {b: {"f1": v} for b, v in f1s.items()}}))

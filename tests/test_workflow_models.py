@@ -49,7 +49,8 @@ MODELS_DEMO = {
         "labels": [{"video": "arena_0", "labels": "resources/demo/arena_0/positions_3d.csv",
                     "positions": "resources/demo/arena_0/centroids.csv"}],
     },
-    "evaluation": {"identity_truth": {"arena_1": "resources/demo/arena_1/identities.csv"}},
+    "evaluation": {"identity_truth": {"arena_1": "resources/demo/arena_1/identities.csv"},
+                   "idnet_label_counts": [4], "idnet_repeats": 2},
     "cv": {"models": {"behavenet": []}, "scheme": "time_blocks", "folds": 2, "purge_frames": 5},
 }
 NAMES = {"dark", "stripe", "spot"}
@@ -94,6 +95,36 @@ def test_identity_accuracy_beats_chance_on_an_unseen_video(models_run):
     for key in ("smoothing_none", "smoothing_track"):
         r = result[key]
         assert r["accuracy"] > r["chance"] + 0.2, result
+
+
+@pytest.mark.slow
+def test_idnet_label_count_ablation_scores_unseen_frames(models_run):
+    """evaluate_idnet: IdNet trained on subsets of arena_0's labelled frames, scored on arena_1 (never seen)."""
+    result = run_snakemake(models_run, "--cores", "2", "results/evaluation/idnet_ablation.csv")
+    assert result.returncode == 0, result.stdout[-6000:]
+    table = pd.read_csv(models_run / "results/evaluation/idnet_ablation.csv")
+    assert sorted(table["n_train"].unique()) == [4, 150]
+    assert (table.groupby("n_train")["repeat"].nunique().to_dict()) == {4: 2, 150: 1}
+    assert table["n_labels"].between(2 * table["n_train"], 3 * table["n_train"]).all()
+    assert (table["video"] == "arena_1").all()
+    assert table["n_test"].iloc[0] > 0.8 * 3 * 150
+    full = table[table["full"]].iloc[0]
+    assert full["accuracy"] > full["chance"] + 0.2, table
+    assert table["chance"].between(0.2, 0.5).all(), table
+    assert (models_run / "results/evaluation/idnet_ablation.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_idnet_ablation_refuses_test_frames_it_trained_on(models_run):
+    from sipec_models.evaluation import run_evaluate_idnet_ablation
+
+    src = {"video": str(models_run / "resources/demo/arena_0.mp4"),
+           "store": str(models_run / "results/arena_0/arena_0.zarr"),
+           "labels": str(models_run / "resources/demo/arena_0/identities.csv"), "format": "table", "frames": None}
+    test = {"video_id": "arena_0", "video": src["video"], "store": src["store"], "truth": src["labels"]}
+    with pytest.raises(ValueError, match="no labelled frame left outside the training frames of arena_0"):
+        run_evaluate_idnet_ablation([src], [test], label_counts=[2], repeats=1,
+                                    overrides=["crop.window=48", "crop.out_size=32", "train.epochs=1"])
 
 
 @pytest.mark.slow
@@ -260,7 +291,10 @@ def test_figures_target_regenerates_the_configured_figures(models_run):
         assert (figures / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
         assert len(pd.read_csv(figures / f"{name}.csv")) > 0, name
     ident = pd.read_csv(figures / "segmentation_identity.csv")
-    assert set(ident["score"]) == {"accuracy_frame", "accuracy_track_smoothed", "chance"}
+    assert set(ident.loc[ident["panel"] == "identity", "score"]) == {"accuracy_frame", "accuracy_track_smoothed",
+                                                                     "chance"}
+    ablation = ident[ident["panel"] == "idnet_accuracy"].pivot(index="x", columns="score", values="mean")
+    assert sorted(int(x) for x in ablation.index) == [4, 150] and set(ablation.columns) == {"accuracy", "chance"}
     assert "Nothing to be done" in run_snakemake(models_run, "--cores", "1", "--dry-run", "figures").stdout
 
 

@@ -102,6 +102,47 @@ if IDENT["enabled"] and EVAL["identity_truth"]:
             "--identify {input.identify:q} --truth {input.truth:q} --out {output:q} > {log} 2>&1"
 
 
+IDNET_ABLATION = bool(IDENT["enabled"] and not IDENT["model"] and IDENT["labels"] and EVAL["identity_truth"]
+                      and EVAL["idnet_label_counts"])
+if IDNET_ABLATION:
+    EVAL_TARGETS.append(EVALUATION / "idnet_ablation.csv")
+
+    rule evaluate_idnet:
+        input:
+            videos=[resolve_video(e["video"]) for e in IDENT["labels"]],
+            stores=[RESULTS / e["video"] / f"{e['video']}.zarr" for e in IDENT["labels"]],
+            labels=[e["labels"] for e in IDENT["labels"]],
+            test_stores=[RESULTS / v / f"{v}.zarr" for v in EVAL["identity_truth"]],
+            truth=list(EVAL["identity_truth"].values()),
+        output:
+            ablation=report(
+                EVALUATION / "idnet_ablation.csv",
+                caption="../report/idnet_ablation_table.rst",
+                category="Evaluation",
+                subcategory="IdNet",
+            ),
+            figure=report(
+                EVALUATION / "idnet_ablation.png",
+                caption="../report/idnet_ablation.rst",
+                category="Evaluation",
+                subcategory="IdNet",
+            ),
+        params:
+            sources=lambda wc: json.dumps(idnet_sources()),
+            tests=lambda wc: json.dumps([
+                {"video_id": v, "video": str(resolve_video(v)), "store": str(RESULTS / v / f"{v}.zarr"),
+                 "truth": t} for v, t in EVAL["identity_truth"].items()]),
+            counts=" ".join(map(str, EVAL["idnet_label_counts"])),
+            overrides=lambda wc: " ".join(f"'{o}'" for o in IDENT["overrides"]),
+        threads: 2
+        log:
+            "logs/evaluate/idnet_ablation.log",
+        shell:
+            "sipec evaluate-idnet --sources {params.sources:q} --tests {params.tests:q} "
+            "--label-counts {params.counts} --repeats {EVAL[idnet_repeats]} --overrides {params.overrides} "
+            "--out {output.ablation:q} --figure {output.figure:q} > {log} 2>&1"
+
+
 rule evaluate:
     input:
         EVAL_TARGETS,

@@ -7,13 +7,16 @@ _SEGNET_ABLATION = [EVALUATION / "segnet_ablation.csv"] if SEG["segnet"]["labels
 _IDENTITY_EVAL = ([EVALUATION / f"identity_{v}.json" for v in EVAL["identity_truth"]]
                   if IDENT["enabled"] and EVAL["identity_truth"] else [])
 
-if _SEGNET_ABLATION or _IDENTITY_EVAL:
+_IDNET_ABLATION = [EVALUATION / "idnet_ablation.csv"] if IDNET_ABLATION else []
+
+if _SEGNET_ABLATION or _IDENTITY_EVAL or _IDNET_ABLATION:
     FIGURE_TARGETS.append(FIGURES / "segmentation_identity.png")
 
     rule figure_segmentation_identity:
         input:
             ablation=_SEGNET_ABLATION,
             identity=_IDENTITY_EVAL,
+            idnet_ablation=_IDNET_ABLATION,
         output:
             figure=report(FIGURES / "segmentation_identity.png", caption="../report/figure_segmentation_identity.rst",
                           category="Figures"),
@@ -23,10 +26,13 @@ if _SEGNET_ABLATION or _IDENTITY_EVAL:
             ablation=lambda wc, input: f"--ablation '{input.ablation[0]}'" if input.ablation else "",
             identity=lambda wc, input: ("--identity " + " ".join(f"'{p}'" for p in input.identity)
                                         if input.identity else ""),
+            idnet_ablation=lambda wc, input: (f"--idnet-ablation '{input.idnet_ablation[0]}'"
+                                              if input.idnet_ablation else ""),
         log:
             "logs/figures/segmentation_identity.log",
         shell:
-            "sipec figure segmentation-identity {params.ablation} {params.identity} --out {output.figure:q} "
+            "sipec figure segmentation-identity {params.ablation} {params.identity} {params.idnet_ablation} "
+            "--out {output.figure:q} "
             "> {log} 2>&1"
 
 if {"behavenet", "pose_classifier"} <= set(CV["models"]):
