@@ -455,11 +455,7 @@ def run_evaluate_idnet_ablation(sources: Sequence[dict], tests: Sequence[dict],
         raise ValueError(f"repeats must be >= 1, not {repeats}")
     if not sources or not tests:
         raise ValueError("the IdNet ablation needs identity-label sources to train on and test videos to score")
-    c = cfg["crop"]
-    crop_size = int(open_store(sources[0]["store"]).attrs["crop_size"])
-    crop = CropSettings(window=int(c["window"] or crop_size), out_size=int(c["out_size"]),
-                        half_window=int(c["half_window"]), dilation_base_px=float(c["dilation_base_px"]),
-                        dilation_step_px=float(c["dilation_step_px"]))
+    crop = CropSettings.from_config(cfg["crop"], int(open_store(sources[0]["store"]).attrs["crop_size"]))
     seqs, idents, frame_keys, trained_frames = [], [], [], {}
     for k, src in enumerate(sources):
         items, ids, _ = source_samples(src, cfg)
@@ -479,8 +475,8 @@ def run_evaluate_idnet_ablation(sources: Sequence[dict], tests: Sequence[dict],
     if len(names) < 2:
         raise ValueError(f"need labels of at least 2 identities to train IdNet; found {names}")
     label = np.array([names.index(n) for n in idents], np.int64)
-    keys = sorted(set(frame_keys))
-    key_of = np.array([keys.index(fk) for fk in frame_keys])
+    keys = {fk: i for i, fk in enumerate(sorted(set(frame_keys)))}
+    key_of = np.array([keys[fk] for fk in frame_keys])
     test_sets = [_identity_test_set(t, names, crop, trained_frames.get(str(t["video"]), set())) for t in tests]
     counts = sorted({int(n) for n in label_counts if 0 < int(n) < len(keys)})
     plan = [(n, r) for n in counts for r in range(repeats)] + [(len(keys), 0)]

@@ -74,6 +74,15 @@ class CropSettings:
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
+    @classmethod
+    def from_config(cls, crop_cfg: Mapping[str, Any], store_crop_size: int) -> "CropSettings":
+        """From the ``crop`` section of ``config/models/idnet.yaml``; ``window: null`` takes the store's crop side
+        ``store_crop_size`` (px)."""
+        c = crop_cfg
+        return cls(window=int(c["window"] or store_crop_size), out_size=int(c["out_size"]),
+                   half_window=int(c["half_window"]), dilation_base_px=float(c["dilation_base_px"]),
+                   dilation_step_px=float(c["dilation_step_px"]))
+
 
 def sequences_from_block(frames: np.ndarray, masks: np.ndarray, origins: np.ndarray,
                          items: Sequence[tuple[int, int]], crop: CropSettings) -> np.ndarray:
@@ -587,11 +596,7 @@ def run_train_idnet(sources: Iterable[Mapping[str, Any]], out, overrides: Sequen
     names = sorted(all_names)
     if len(names) < 2:
         raise ValueError(f"need labels of at least 2 identities to train IdNet; found {names}")
-    c = cfg["crop"]
-    crop_size = int(open_store(sources[0]["store"]).attrs["crop_size"])
-    crop = CropSettings(window=int(c["window"] or crop_size), out_size=int(c["out_size"]),
-                        half_window=int(c["half_window"]), dilation_base_px=float(c["dilation_base_px"]),
-                        dilation_step_px=float(c["dilation_step_px"]))
+    crop = CropSettings.from_config(cfg["crop"], int(open_store(sources[0]["store"]).attrs["crop_size"]))
     index = {n: i for i, n in enumerate(names)}
     tr_seq, tr_lab, va_seq, va_lab = [], [], [], []
     vf = float(cfg["train"]["val_fraction"])
