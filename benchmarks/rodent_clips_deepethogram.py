@@ -92,6 +92,9 @@ for all folds.
 
 ``--max-clips N`` keeps a stratified random subset of N clips (same subset as
 the BehaveNet benchmark); ``--folds-to-run 0 ...`` runs only these folds.
+Folds run in separate processes (on several cores or machines) combine with
+``--merge a.json b.json ... --out all.json``: each fold seeds its own
+training, so the merged result is the one a single run of those folds writes.
 """
 
 from __future__ import annotations
@@ -323,6 +326,63 @@ def assemble(args, cfg, overrides, clips, y, groups, cage, pred, pred_fx, fold_o
     return out
 
 
+#: Settings that must agree between the partial runs :func:`merge_runs` combines.
+MERGE_KEYS = ("overrides", "fold_seed", "max_clips", "flow_per_fold", "flow_val_fraction", "crop_size_cached",
+              "n_fallback_centre")
+
+
+def merge_runs(args, clips: list[dict]) -> dict:
+    """Combine partial runs (``--folds-to-run`` of disjoint folds, every other setting equal) into one result.
+
+    Every fold trains from the config's seed whatever else runs in the process, so the merged result is the one
+    a single run of the union of the folds writes. Raises ``SystemExit`` naming the file when the runs disagree
+    on a setting (:data:`MERGE_KEYS`), their clips differ from ``--data``, or two runs hold the same fold.
+    """
+    from sipec_models.training.config import load_model_config
+
+    names = [f"{CLASSES[c['label']]}/{c['path'].name}" for c in clips]
+    runs = []
+    for path in args.merge:
+        try:
+            runs.append((path, json.loads(Path(path).read_text())))
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{path}: cannot read a benchmark result ({e})") from e
+    first_path, first = runs[0]
+    y = np.array([c["label"] for c in clips])
+    pred, pred_fx, fold_of = np.full(len(clips), -1), np.full(len(clips), -1), np.full(len(clips), -1)
+    folds = []
+    for path, r in runs:
+        if "pred_feature_extractor" not in r.get("predictions", {}) or "folds" not in r:
+            raise SystemExit(f"{path}: not a result of this benchmark (no fold predictions)")
+        if r["predictions"]["clip"] != names:
+            raise SystemExit(f"{path}: its clips are not the clips under {args.data}")
+        for k in MERGE_KEYS:
+            if r.get(k) != first.get(k):
+                raise SystemExit(f"{path}: {k} = {r.get(k)!r} differs from {first_path}'s {first.get(k)!r}")
+        f_r = np.array(r["predictions"]["fold"])
+        done = f_r >= 0
+        clash = set(f_r[done].tolist()) & set(fold_of[fold_of >= 0].tolist())
+        if clash:
+            raise SystemExit(f"{path}: fold(s) {sorted(clash)} already come from another of the merged runs")
+        pred[done] = np.array(r["predictions"]["pred"])[done]
+        pred_fx[done] = np.array(r["predictions"]["pred_feature_extractor"])[done]
+        fold_of[done] = f_r[done]
+        folds += r["folds"]
+    folds.sort(key=lambda d: d["fold"])
+    folds_fx = [{k: d["feature_extractor"][k] for k in ("accuracy", "macro_f1")} for d in folds]
+    overrides = first["overrides"]
+    cfg = load_model_config("deepethogram", overrides)
+    args.seed, args.max_clips = first["fold_seed"], first["max_clips"]
+    args.flow_per_fold, args.flow_val_fraction = first["flow_per_fold"], first["flow_val_fraction"]
+    args.crop_size, args.threads = first["crop_size_cached"], first.get("threads", args.threads)
+    args.only_folds = [d["fold"] for d in folds]
+    out = assemble(args, cfg, overrides, clips, y, clip_groups(clips), np.array([c["cage"] for c in clips]), pred,
+                   pred_fx, fold_of, folds, folds_fx, first["n_fallback_centre"], first.get("device", "cpu"), None)
+    out["merged_from"] = [str(p) for p in args.merge]
+    print_table({**out, **out["feature_extractor"]}, title="DeepEthogram feature extractor (fused logits, clip mean)")
+    return write(out, args.out, title=f"{out['model']} (sequence model, clip mean)")
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DATA)
@@ -348,6 +408,9 @@ def main(argv=None) -> dict:
                     help="crop cache .npz (default results/cache/rodent_clips_crops_<size>.npz)")
     ap.add_argument("--max-clips", type=int, help="a stratified random subset of this many clips")
     ap.add_argument("--progress", action="store_true", help="tqdm bars of the training loops")
+    ap.add_argument("--merge", type=Path, nargs="+",
+                    help="combine the JSONs of runs of disjoint --folds-to-run (same settings otherwise) into one "
+                         "result, scored as if the folds had run in one process (no training)")
     ap.add_argument("--out", type=Path, default=Path("results/benchmarks/rodent_clips_deepethogram.json"))
     args = ap.parse_args(argv)
 
@@ -369,6 +432,8 @@ def main(argv=None) -> dict:
     clips = list_clips(args.data)
     if not clips:
         raise SystemExit(f"no clips under {args.data}")
+    if args.merge:
+        return merge_runs(args, clips)
     cache = args.cache or REPO / "results" / "cache" / f"rodent_clips_crops_{args.crop_size}.npz"
     data = load_crops(clips, args.crop_size, cache)
     y = np.array([c["label"] for c in clips])
