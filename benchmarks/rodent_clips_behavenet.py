@@ -163,26 +163,44 @@ def locate(grey: np.ndarray) -> tuple[float, float] | None:
     return float(xx.mean()), float(yy.mean())
 
 
-def clip_crops(path: Path, crop_size: int) -> tuple[np.ndarray, tuple[float, float], int, bool]:
+def decode_size(crop_size: int, crop_fraction: float) -> tuple[int, int]:
+    """``(width, height)`` the clips are decoded at: :data:`DECODE_SIZE`, or larger (same aspect, even sides) where
+    the square of ``crop_fraction`` x the height would hold fewer than ``crop_size`` pixels (no upsampling)."""
+    w, h = DECODE_SIZE
+    s = max(1.0, crop_size / (crop_fraction * h))
+    return 2 * int(np.ceil(w * s / 2)), 2 * int(np.ceil(h * s / 2))
+
+
+def clip_crops(path: Path, crop_size: int,
+               crop_fraction: float = CROP_FRACTION) -> tuple[np.ndarray, tuple[float, float], int, bool]:
     """Decode a clip and crop the animal: ``(T, s, s, 3)`` uint8, centre (x, y) in 1920x1080 px, frames found,
-    whether the frame centre was used instead."""
+    whether the frame centre was used instead.
+
+    The animal is located on frames at :data:`DECODE_SIZE`; the square (side ``crop_fraction`` x the frame
+    height) is cut from frames decoded at :func:`decode_size`.
+    """
     import av
     from PIL import Image
 
-    w, h = DECODE_SIZE
+    if not 0 < crop_fraction <= 1:
+        raise ValueError(f"crop fraction must be in (0, 1], got {crop_fraction}")
+    w, h = decode_size(crop_size, crop_fraction)
     with av.open(str(path)) as c:
         frames = [f.to_ndarray(format="rgb24", width=w, height=h) for f in c.decode(video=0)]
     if not frames:
         raise ValueError(f"{path}: no frames decoded")
     centres = []
+    scale = w / DECODE_SIZE[0]
     for f in frames:
+        if scale != 1:
+            f = np.asarray(Image.fromarray(f).resize(DECODE_SIZE, Image.BOX))
         grey = (0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]).astype(np.uint8)
         c = locate(grey)
         if c is not None:
-            centres.append(c)
+            centres.append((c[0] * scale, c[1] * scale))
     fallback = not centres
     cx, cy = (w / 2, h / 2) if fallback else tuple(np.median(np.array(centres), axis=0))
-    side = int(round(CROP_FRACTION * h))
+    side = int(round(crop_fraction * h))
     x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
     out = []
     for f in frames:
@@ -191,22 +209,24 @@ def clip_crops(path: Path, crop_size: int) -> tuple[np.ndarray, tuple[float, flo
         xe, ye = min(w, x0 + side), min(h, y0 + side)
         pad[ys - y0:ye - y0, xs - x0:xe - x0] = f[ys:ye, xs:xe]
         out.append(np.asarray(Image.fromarray(pad).resize((crop_size, crop_size), Image.BOX)))
-    scale = 1920 / w
-    return np.stack(out), (cx * scale, cy * scale), len(centres), fallback
+    return np.stack(out), (cx * 1920 / w, cy * 1920 / w), len(centres), fallback
 
 
-def load_crops(clips: list[dict], crop_size: int, cache: Path | None) -> dict:
-    """Crops of every clip (cached): ``crops (N, T, s, s, 3)``, ``centre (N, 2)``, ``found (N,)``, ``fallback``."""
+def load_crops(clips: list[dict], crop_size: int, cache: Path | None, crop_fraction: float = CROP_FRACTION) -> dict:
+    """Crops of every clip (cached): ``crops (N, T, s, s, 3)``, ``centre (N, 2)``, ``found (N,)``, ``fallback``,
+    ``crop_fraction``. A cache of other clips, size or fraction (none stored: :data:`CROP_FRACTION`) is rebuilt."""
     names = np.array([f"{CLASSES[c['label']]}/{c['path'].name}" for c in clips])
     if cache is not None and cache.exists():
         z = np.load(cache)
-        if z["names"].tolist() == names.tolist() and z["crops"].shape[2] == crop_size:
-            return {k: z[k] for k in z.files}
-        log.info("cache %s does not match the clips: rebuilding", cache)
+        cached_fraction = float(z["crop_fraction"]) if "crop_fraction" in z.files else CROP_FRACTION
+        if z["names"].tolist() == names.tolist() and z["crops"].shape[2] == crop_size \
+                and np.isclose(cached_fraction, crop_fraction):
+            return {**{k: z[k] for k in z.files}, "crop_fraction": np.float64(cached_fraction)}
+        log.info("cache %s does not match the clips, crop size or crop fraction: rebuilding", cache)
     t0 = time.perf_counter()
     crops, centre, found, fallback = [], [], [], []
     for i, c in enumerate(clips):
-        a, ctr, n, fb = clip_crops(c["path"], crop_size)
+        a, ctr, n, fb = clip_crops(c["path"], crop_size, crop_fraction)
         if len(a) != 16:
             log.warning("%s: %d frames (expected 16)", c["path"], len(a))
             a = a[np.clip(np.arange(16), 0, len(a) - 1)]
@@ -217,13 +237,19 @@ def load_crops(clips: list[dict], crop_size: int, cache: Path | None) -> dict:
         if (i + 1) % 50 == 0:
             log.info("decoded %d/%d clips (%.0f s)", i + 1, len(clips), time.perf_counter() - t0)
     out = {"names": names, "crops": np.stack(crops), "centre": np.array(centre), "found": np.array(found),
-           "fallback": np.array(fallback)}
+           "fallback": np.array(fallback), "crop_fraction": np.float64(crop_fraction)}
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.stem + ".tmp.npz")
         np.savez_compressed(tmp, **out)
         tmp.replace(cache)
     return out
+
+
+def default_cache(crop_size: int, crop_fraction: float = CROP_FRACTION) -> Path:
+    """``results/cache/rodent_clips_crops_<size>.npz``, with ``_f<fraction>`` for a fraction other than the default."""
+    tag = "" if np.isclose(crop_fraction, CROP_FRACTION) else f"_f{crop_fraction:g}"
+    return REPO / "results" / "cache" / f"rodent_clips_crops_{crop_size}{tag}.npz"
 
 
 def fold_splits(y: np.ndarray, groups: np.ndarray, n_folds: int = 5, seed: int = 0,
@@ -293,8 +319,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--crop-size", type=int, default=128, help="side of the cached crops, px (the network "
                                                                "resizes them to data.crop_size)")
+    ap.add_argument("--crop-fraction", type=float, default=CROP_FRACTION,
+                    help="crop side / frame height (default %(default)s; 0.5: a tighter square, decoded at a "
+                         "higher resolution where the crop size needs it)")
     ap.add_argument("--cache", type=Path, default=None,
-                    help="crop cache .npz (default results/cache/rodent_clips_crops_<size>.npz)")
+                    help="crop cache .npz (default results/cache/rodent_clips_crops_<size>[_f<fraction>].npz)")
     ap.add_argument("--max-clips", type=int, help="a stratified random subset of this many clips")
     ap.add_argument("--save-crops", type=Path, help="write a PNG mosaic of some crops here and exit")
     ap.add_argument("--rescore", type=Path, help="recompute the scores of a previous run's JSON (no training)")
@@ -329,8 +358,8 @@ def main(argv=None) -> dict:
                         prev["n_fallback_centre"], prev["crop_size_cached"])
         out.update({k: prev[k] for k in ("threads", "max_clips", "only_folds", "fold_seed") if k in prev})
         return write(out, args.out)
-    cache = args.cache or REPO / "results" / "cache" / f"rodent_clips_crops_{args.crop_size}.npz"
-    data = load_crops(clips, args.crop_size, cache)
+    cache = args.cache or default_cache(args.crop_size, args.crop_fraction)
+    data = load_crops(clips, args.crop_size, cache, args.crop_fraction)
     crops = data["crops"]
     y = np.array([c["label"] for c in clips])
     groups = clip_groups(clips)
@@ -418,7 +447,9 @@ def summarise(args, cfg, overrides, clips, y, groups, cage, pred, fold_of, folds
     sc = score_predictions(y, pred, fold_of, cage, folds)
     out = {
         "config": to_dict(cfg), "overrides": overrides, "crop_size_cached": crop_size,
-        "crop_method": {"decode_size": DECODE_SIZE, "crop_side_fraction_of_height": CROP_FRACTION,
+        "crop_method": {"decode_size": decode_size(crop_size, getattr(args, "crop_fraction", CROP_FRACTION)),
+                        "locate_size": DECODE_SIZE,
+                        "crop_side_fraction_of_height": getattr(args, "crop_fraction", CROP_FRACTION),
                         "min_blob_px": MIN_BLOB_PX, "threshold": "max(90, median + 60) after Gaussian sigma 2",
                         "centre": "median over the clip of the largest blob's centre of mass"},
         "n_clips": int(done.sum()), "n_groups": int(len(set(groups[done].tolist()))),

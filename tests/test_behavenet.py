@@ -203,3 +203,35 @@ def test_efficientnet_backbone_option_trains_and_round_trips(tmp_path, monkeypat
     assert not calls and isinstance(loaded.frame_net, EfficientNetFRN)
     np.testing.assert_allclose(loaded.predict_proba(data.crops, data.sequence),
                                model.predict_proba(data.crops, data.sequence), atol=1e-5)
+
+
+def test_efficientnet_frozen_blocks_keep_imagenet_weights_and_statistics():
+    """``frame_net.frozen_blocks``: the stem and leading blocks neither learn nor update batch-norm statistics."""
+    import sipec_models.nets.efficientnet_lite as effnet
+
+    with pytest.raises(ValueError, match="frozen_blocks"):
+        build_frame_net(load_model_config("behavenet", ["frame_net.backbone=efficientnet_lite0",
+                                                        "frame_net.frozen_blocks=17"]), 3)
+    full = build_frame_net(load_model_config("behavenet", ["frame_net.backbone=efficientnet_lite0"]), 3)
+    net = build_frame_net(load_model_config("behavenet", ["frame_net.backbone=efficientnet_lite0",
+                                                         "frame_net.frozen_blocks=11"]), 3)
+    reference = effnet.efficientnet_lite0(pretrained=True)
+    frozen = {n for n, p in net.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith(("encoder._conv_stem", "encoder._bn0", *(f"encoder._blocks.{i}." for i in
+                                                                                 range(11)))) for n in frozen)
+    assert all(p.requires_grad for n, p in net.named_parameters() if n.startswith("encoder._blocks.11."))
+    # Same function as the unfrozen network in eval mode: freezing changes training, not the forward pass.
+    net.load_state_dict(full.state_dict())
+    x = torch.rand(2, 1, 64, 64)
+    torch.testing.assert_close(net.eval()(x), full.eval()(x))
+    net.train()
+    assert not net.encoder._blocks[3].training and net.encoder._blocks[12].training
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        opt.zero_grad()
+        net(torch.rand(4, 1, 64, 64)).sum().backward()
+        opt.step()
+    torch.testing.assert_close(net.encoder._blocks[5].state_dict(), reference._blocks[5].state_dict())
+    torch.testing.assert_close(net.encoder._bn0.running_mean, reference._bn0.running_mean)
+    assert net.encoder._blocks[5]._project_conv.weight.grad is None  # no gradient computed below the top
+    assert not torch.equal(net.encoder._conv_head.weight, reference._conv_head.weight)  # the top learns

@@ -149,9 +149,15 @@ class EfficientNetFRN(nn.Module):
             (:func:`~sipec_models.nets.efficientnet_lite.efficientnet_lite0`);
             False when the weights come from a checkpoint anyway.
         dropout: before the classifier.
+        frozen_blocks: the stem and this many leading MBConv blocks (of 16)
+            keep their ImageNet weights and batch-norm statistics while the
+            rest trains: they run without gradients and stay in eval mode
+            (0: the whole network trains; 11: blocks up to stride 16 frozen,
+            only the stride-32 blocks, the head and the classifier train).
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 3, pretrained: bool = True, dropout: float = 0.0):
+    def __init__(self, num_classes: int, in_channels: int = 3, pretrained: bool = True, dropout: float = 0.0,
+                 frozen_blocks: int = 0):
         super().__init__()
         from sipec_models.nets.efficientnet_lite import efficientnet_lite0
 
@@ -159,16 +165,41 @@ class EfficientNetFRN(nn.Module):
             raise ValueError("EfficientNetFRN needs num_classes >= 1 and in_channels 1 or 3")
         self.encoder = efficientnet_lite0(pretrained=pretrained)
         del self.encoder._fc  # ImageNet classifier, unused
+        n_blocks = len(self.encoder._blocks)
+        if not 0 <= int(frozen_blocks) <= n_blocks:
+            raise ValueError(f"frozen_blocks must be in [0, {n_blocks}], got {frozen_blocks}")
+        self.frozen_blocks = int(frozen_blocks)
+        for m in self._frozen_modules():
+            m.requires_grad_(False)
         self.num_features, self.num_classes, self.in_channels = 1280, int(num_classes), int(in_channels)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.num_features, num_classes)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        e = self.encoder
+        if self.frozen_blocks == 0:
+            return []
+        return [e._conv_stem, e._bn0, *e._blocks[:self.frozen_blocks]]
+
+    def train(self, mode: bool = True) -> "EfficientNetFRN":
+        """Train mode for the trainable part only: frozen blocks keep their batch-norm statistics."""
+        super().train(mode)
+        for m in self._frozen_modules():
+            m.eval()
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, S, S)`` in [0, 1] -> pooled features ``(B, 1280)``."""
         import torch.nn.functional as F
 
         e = self.encoder
-        x = e.features(e.normalize(x))[-1]
+        x = e.normalize(x)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.frozen_blocks == 0):
+            x = F.relu6(e._bn0(e._conv_stem(x)))
+            for block in e._blocks[:self.frozen_blocks]:
+                x = block(x)
+        for block in e._blocks[self.frozen_blocks:]:
+            x = block(x)
         return F.relu6(e._bn1(e._conv_head(x))).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

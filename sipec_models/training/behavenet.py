@@ -373,14 +373,15 @@ def build_frame_net(cfg: Mapping[str, Any], num_classes: int,
     ``frame_net.backbone``: ``xception`` (default; SIPEC's network, trained
     from scratch) or ``efficientnet_lite0`` (ImageNet EfficientNet-Lite0,
     its weights loaded when ``frame_net.pretrained`` and ``load_pretrained``:
-    checkpoints pass False, their weights replace them).
+    checkpoints pass False, their weights replace them; ``frame_net.frozen_blocks``
+    leading blocks keep the ImageNet weights).
     """
     fn = cfg["frame_net"]
     backbone = str(fn.get("backbone", "xception"))
     if backbone == "efficientnet_lite0":
         return EfficientNetFRN(num_classes, in_channels=3 if cfg["data"]["rgb"] else 1,
                                pretrained=bool(fn.get("pretrained", True)) and load_pretrained,
-                               dropout=float(fn["dropout"]))
+                               dropout=float(fn["dropout"]), frozen_blocks=int(fn.get("frozen_blocks", 0)))
     if backbone != "xception":
         raise ValueError(f"frame_net.backbone must be xception or efficientnet_lite0, got {backbone!r}")
     return XceptionFRN(num_classes, in_channels=3 if cfg["data"]["rgb"] else 1, stem_channels=fn["stem_channels"],
