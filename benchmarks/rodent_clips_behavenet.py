@@ -350,6 +350,7 @@ def main(argv=None) -> dict:
         if prev["predictions"]["clip"] != [f"{CLASSES[c['label']]}/{c['path'].name}" for c in clips]:
             raise SystemExit(f"{args.rescore}: its clips are not the clips under {args.data}")
         overrides = prev["overrides"]
+        args.crop_fraction = prev.get("crop_method", {}).get("crop_side_fraction_of_height", CROP_FRACTION)
     cfg = load_model_config("behavenet", overrides)
     if prev is not None:
         y = np.array([c["label"] for c in clips])

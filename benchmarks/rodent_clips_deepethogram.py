@@ -74,7 +74,23 @@ shared 2-core machine; the scores of so short a schedule mean nothing)::
         --override data.input_size=[64,64] --override flow.train.epochs=1 --override flow.train.steps_per_epoch=5 \
         --override features.train.epochs=1 --override sequence.train.epochs=2 --out /tmp/deg_smoke.json
 
-Run time. Nothing longer than the timing probe below has been run. Probe: 96 px
+CPU run (the one measured; the README gives its scores): DeepEthogram-fast's TinyMotionNet and TGM with both
+feature streams on ImageNet EfficientNet-Lite0, the flow generator trained once on all clips (label-free),
+a CPU schedule (flow 3 x 100 steps with half of the windows drawn where frames change; feature extractor
+3 epochs of 60 steps per curriculum stage at lr 3e-4; TGM 30 epochs), folds 0-2 and 3-4 in two processes on
+the 2 cores, then merged (about 80 min wall; a fold took 22-30 min while four jobs shared the 2 cores)::
+
+    OV="--no-flow-per-fold --override flow.train.epochs=3 --override flow.train.steps_per_epoch=100 \
+        --override flow.train.motion_sampling=0.5 --override features.backbone=efficientnet_lite0 \
+        --override features.pretrained=true --override features.train.epochs=3 \
+        --override features.train.steps_per_epoch=60 --override features.train.lr=3e-4 \
+        --override sequence.train.epochs=30"
+    .venv/bin/python benchmarks/rodent_clips_deepethogram.py --folds-to-run 0 1 2 $OV --out f012.json
+    .venv/bin/python benchmarks/rodent_clips_deepethogram.py --folds-to-run 3 4 $OV --out f34.json
+    .venv/bin/python benchmarks/rodent_clips_deepethogram.py --merge f012.json f34.json \
+        --out results/benchmarks/rodent_clips_deepethogram.json
+
+Timing probe (before that run): 96 px
 grey, 120 clips (fold 0: 92 training, 28 test clips), ``flow.train.epochs=1
 flow.train.steps_per_epoch=20 features.train.epochs=1
 features.train.steps_per_epoch=10 sequence.train.epochs=3``, one torch thread
@@ -117,7 +133,7 @@ for _p in (str(REPO), str(HERE)):
         sys.path.insert(0, _p)
 
 from rodent_clips_behavenet import (  # noqa: E402  (benchmarks/ is on sys.path)
-    CLASSES, DATA, _scores, clip_groups, fold_splits, goal_met, list_clips, load_crops, print_table,
+    CLASSES, DATA, _scores, clip_groups, default_cache, fold_splits, goal_met, list_clips, load_crops, print_table,
     score_predictions, summarise, write,
 )
 
@@ -434,7 +450,7 @@ def main(argv=None) -> dict:
         raise SystemExit(f"no clips under {args.data}")
     if args.merge:
         return merge_runs(args, clips)
-    cache = args.cache or REPO / "results" / "cache" / f"rodent_clips_crops_{args.crop_size}.npz"
+    cache = args.cache or default_cache(args.crop_size)
     data = load_crops(clips, args.crop_size, cache)
     y = np.array([c["label"] for c in clips])
     groups = clip_groups(clips)
