@@ -78,7 +78,7 @@ CPU run (the one measured; the README gives its scores): DeepEthogram-fast's Tin
 feature streams on ImageNet EfficientNet-Lite0, the flow generator trained once on all clips (label-free),
 a CPU schedule (flow 3 x 100 steps with half of the windows drawn where frames change; feature extractor
 3 epochs of 60 steps per curriculum stage at lr 3e-4; TGM 30 epochs), folds 0-2 and 3-4 in two processes on
-the 2 cores, then merged (about 80 min wall; a fold took 22-30 min while four jobs shared the 2 cores)::
+the 2 cores, then merged (108 min wall; a fold took 22-36 min while four jobs shared the 2 cores)::
 
     OV="--no-flow-per-fold --override flow.train.epochs=3 --override flow.train.steps_per_epoch=100 \
         --override flow.train.motion_sampling=0.5 --override features.backbone=efficientnet_lite0 \
