@@ -74,6 +74,21 @@ thread, 53 min in all; ``tcn_train.epochs=10`` saves about 2 min per fold)::
 ``--override`` given on the command line replaces the default list
 (``--no-default-overrides`` to use the YAML as it is plus the overrides).
 ``--max-clips N`` keeps a stratified random subset of N clips for a quick look.
+
+Tighter, sharper crops (``--crop-fraction 0.5``: a square of half the frame height, 192 px) with the
+EfficientNet's stem and first 11 blocks frozen at their ImageNet weights (``frame_net.frozen_blocks=11``:
+only the stride-32 blocks and the head learn, which keeps 192 px affordable on a CPU). Folds may run in
+separate processes (``--only-folds 0 1 2`` and ``--only-folds 3 4``, each with its own ``--out``), scored
+together with ``--merge a.json b.json --out all.json`` (13-33 min per fold on one thread of a shared 2-core
+machine)::
+
+    .venv/bin/python benchmarks/rodent_clips_behavenet.py --crop-size 192 --crop-fraction 0.5 \
+        --override frame_net.backbone=efficientnet_lite0 --override frame_net.frozen_blocks=11 \
+        --override data.rgb=false --override data.crop_size=192 --override frame_train.epochs=2 \
+        --override frame_train.lr=3e-4 --override frame_train.rotation_deg=15 \
+        --override frame_train.vertical_flip=false --override tcn.half_window=7 \
+        --override tcn_train.epochs=30 --override tcn_train.lr=3e-4 \
+        --out results/benchmarks/rodent_clips_behavenet_tight192.json
 """
 
 from __future__ import annotations
@@ -327,6 +342,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--max-clips", type=int, help="a stratified random subset of this many clips")
     ap.add_argument("--save-crops", type=Path, help="write a PNG mosaic of some crops here and exit")
     ap.add_argument("--rescore", type=Path, help="recompute the scores of a previous run's JSON (no training)")
+    ap.add_argument("--merge", type=Path, nargs="+",
+                    help="score these runs of disjoint folds (same settings) together, without training")
     ap.add_argument("--out", type=Path, default=Path("results/benchmarks/rodent_clips_behavenet.json"))
     args = ap.parse_args(argv)
 
@@ -345,7 +362,9 @@ def main(argv=None) -> dict:
     clips = list_clips(args.data)
     if len(clips) == 0:
         raise SystemExit(f"no clips under {args.data}")
-    prev = json.loads(args.rescore.read_text()) if args.rescore else None
+    prev = join_runs(args.merge) if args.merge else json.loads(args.rescore.read_text()) if args.rescore else None
+    if args.merge:
+        args.rescore = args.merge[0]
     if prev is not None:
         if prev["predictions"]["clip"] != [f"{CLASSES[c['label']]}/{c['path'].name}" for c in clips]:
             raise SystemExit(f"{args.rescore}: its clips are not the clips under {args.data}")
@@ -358,6 +377,8 @@ def main(argv=None) -> dict:
                         np.array(prev["predictions"]["pred"]), np.array(prev["predictions"]["fold"]), prev["folds"],
                         prev["n_fallback_centre"], prev["crop_size_cached"])
         out.update({k: prev[k] for k in ("threads", "max_clips", "only_folds", "fold_seed") if k in prev})
+        if args.merge:
+            out["merged_from"] = [str(p) for p in args.merge]
         return write(out, args.out)
     cache = args.cache or default_cache(args.crop_size, args.crop_fraction)
     data = load_crops(clips, args.crop_size, cache, args.crop_fraction)
@@ -410,6 +431,38 @@ def main(argv=None) -> dict:
 
     out = summarise(args, cfg, overrides, clips, y, groups, cage, pred, fold_of, folds, n_fallback, args.crop_size)
     return write(out, args.out)
+
+
+def join_runs(paths: list[Path]) -> dict:
+    """One result of several runs of disjoint folds (``--only-folds``): their predictions and fold records joined.
+
+    Raises ``SystemExit`` naming the file when a run's overrides, crops or clips differ from the first's, or
+    when two runs hold the same fold.
+    """
+    runs = []
+    for p in paths:
+        try:
+            runs.append((p, json.loads(Path(p).read_text())))
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{p}: cannot read a benchmark result ({e})") from e
+    first_path, out = runs[0]
+    out = {**out, "folds": [], "only_folds": None}
+    fold = np.full(len(out["predictions"]["clip"]), -1)
+    pred = fold.copy()
+    for p, r in runs:
+        for k in ("overrides", "crop_size_cached", "crop_method", "fold_seed", "max_clips"):
+            if r.get(k) != runs[0][1].get(k):
+                raise SystemExit(f"{p}: {k} = {r.get(k)!r} differs from {first_path}'s {runs[0][1].get(k)!r}")
+        if r["predictions"]["clip"] != out["predictions"]["clip"]:
+            raise SystemExit(f"{p}: its clips differ from {first_path}'s")
+        f = np.array(r["predictions"]["fold"])
+        if set(f[f >= 0].tolist()) & set(fold[fold >= 0].tolist()):
+            raise SystemExit(f"{p}: a fold already comes from another of the merged runs")
+        fold[f >= 0], pred[f >= 0] = f[f >= 0], np.array(r["predictions"]["pred"])[f >= 0]
+        out["folds"] += r["folds"]
+    out["folds"].sort(key=lambda d: d["fold"])
+    out["predictions"] = {**out["predictions"], "fold": fold.tolist(), "pred": pred.tolist()}
+    return out
 
 
 def score_predictions(y: np.ndarray, pred: np.ndarray, fold_of: np.ndarray, cage: np.ndarray,

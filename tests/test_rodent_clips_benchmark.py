@@ -114,3 +114,31 @@ def test_merge_equals_one_run_and_refuses_mismatches(clip_dir, tmp_path):
     with pytest.raises(SystemExit, match="overrides"):
         rcd.main(["--data", str(clip_dir), "--merge", str(parts[0]), str(bad), "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
+
+
+def test_behavenet_merge_scores_disjoint_runs_as_one(clip_dir, tmp_path):
+    """``rodent_clips_behavenet.py --merge``: runs of disjoint folds give the scores of one run of all folds."""
+    clips = rcb.list_clips(clip_dir)
+    y = np.array([c["label"] for c in clips])
+    keep, splits = rcb.fold_splits(y, rcb.clip_groups(clips), 5, 0)
+    whole = json.loads(json.dumps(_partial(clips, y, splits, keep, range(5), np.random.default_rng(2), []),
+                                  default=float))
+    fold = np.array(whole["predictions"]["fold"])
+    parts = []
+    for run in ((0, 1, 2), (3, 4)):
+        p = json.loads(json.dumps(whole))
+        m = ~np.isin(fold, run)
+        for key in ("fold", "pred"):
+            v = np.array(p["predictions"][key])
+            v[m] = -1
+            p["predictions"][key] = v.tolist()
+        p["folds"] = [d for d in p["folds"] if d["fold"] in run]
+        parts.append(tmp_path / f"bn{run[0]}.json")
+        parts[-1].write_text(json.dumps(p))
+    out = rcb.main(["--data", str(clip_dir), "--merge", *map(str, parts), "--out", str(tmp_path / "all.json")])
+    for key in ("pooled", "per_fold", "subsets", "chance"):
+        assert out[key] == whole[key], key
+    assert out["merged_from"] == [str(p) for p in parts] and out["only_folds"] is None
+    with pytest.raises(SystemExit, match="fold"):
+        rcb.main(["--data", str(clip_dir), "--merge", str(parts[0]), str(parts[0]), "--out", str(tmp_path / "x")])
+    assert not (tmp_path / "x").exists()
