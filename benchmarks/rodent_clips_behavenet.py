@@ -363,11 +363,10 @@ def main(argv=None) -> dict:
     if len(clips) == 0:
         raise SystemExit(f"no clips under {args.data}")
     prev = join_runs(args.merge) if args.merge else json.loads(args.rescore.read_text()) if args.rescore else None
-    if args.merge:
-        args.rescore = args.merge[0]
     if prev is not None:
         if prev["predictions"]["clip"] != [f"{CLASSES[c['label']]}/{c['path'].name}" for c in clips]:
-            raise SystemExit(f"{args.rescore}: its clips are not the clips under {args.data}")
+            source = args.merge[0] if args.merge else args.rescore
+            raise SystemExit(f"{source}: its clips are not the clips under {args.data}")
         overrides = prev["overrides"]
         args.crop_fraction = prev.get("crop_method", {}).get("crop_side_fraction_of_height", CROP_FRACTION)
     cfg = load_model_config("behavenet", overrides)
