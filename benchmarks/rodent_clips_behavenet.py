@@ -375,7 +375,10 @@ def main(argv=None) -> dict:
         out = summarise(args, cfg, overrides, clips, y, clip_groups(clips), np.array([c["cage"] for c in clips]),
                         np.array(prev["predictions"]["pred"]), np.array(prev["predictions"]["fold"]), prev["folds"],
                         prev["n_fallback_centre"], prev["crop_size_cached"])
-        out.update({k: prev[k] for k in ("threads", "max_clips", "only_folds", "fold_seed") if k in prev})
+        out.update({k: prev[k] for k in ("threads", "max_clips", "only_folds", "fold_seed", "ensemble") if k in prev})
+        for key in ("prob", "prob_no_flip"):
+            if key in prev["predictions"]:
+                out["predictions"][key] = prev["predictions"][key]
         if args.merge:
             out["merged_from"] = [str(p) for p in args.merge]
         return write(out, args.out)
@@ -404,6 +407,8 @@ def main(argv=None) -> dict:
 
     pred = np.full(len(clips), -1)
     prob = np.full((len(clips), len(CLASSES)), np.nan)
+    flip_average = bool(cfg["infer"].get("flip_average", False))
+    prob_no_flip = np.full_like(prob, np.nan) if flip_average else None
     fold_of = np.full(len(clips), -1)
     folds = []
     T = crops.shape[1]
@@ -415,9 +420,12 @@ def main(argv=None) -> dict:
         train = BehaviourData(crops[tr].reshape(-1, *crops.shape[2:]), np.repeat(y[tr], T), np.repeat(tr, T))
         model = train_behavenet(train, list(CLASSES), cfg)
         t_train = time.perf_counter() - t0
-        p = model.predict_proba(crops[te].reshape(-1, *crops.shape[2:]), np.repeat(te, T))
-        p = p.reshape(len(te), T, -1).mean(1)
+        test_crops = crops[te].reshape(-1, *crops.shape[2:])
+        p = model.predict_proba(test_crops, np.repeat(te, T)).reshape(len(te), T, -1).mean(1)
         prob[te], pred[te], fold_of[te] = p, p.argmax(1), f
+        if flip_average:  # the same model without the mirror-image average, for comparison
+            prob_no_flip[te] = model.predict_proba(test_crops, np.repeat(te, T), flip_average=False) \
+                .reshape(len(te), T, -1).mean(1)
         s = _scores(y[te], pred[te])
         folds.append({"fold": f, "n_train": int(len(tr)), "n_test": int(len(te)),
                       "test_groups": sorted(set(groups[te].tolist())), "accuracy": s["accuracy"],
@@ -429,14 +437,30 @@ def main(argv=None) -> dict:
                  s["accuracy"], s["macro_f1"], folds[-1]["total_s"])
 
     out = summarise(args, cfg, overrides, clips, y, groups, cage, pred, fold_of, folds, n_fallback, args.crop_size)
+    out["predictions"]["prob"] = _rows(prob)
+    if prob_no_flip is not None:
+        out["predictions"]["prob_no_flip"] = _rows(prob_no_flip)
     return write(out, args.out)
 
 
-def join_runs(paths: list[Path]) -> dict:
-    """One result of several runs of disjoint folds (``--only-folds``): their predictions and fold records joined.
+def _rows(prob: np.ndarray) -> list:
+    """``(N, K)`` clip probabilities as JSON rows, ``None`` for clips not tested (NaN)."""
+    return [None if np.isnan(r).any() else [float(v) for v in r] for r in prob]
 
-    Raises ``SystemExit`` naming the file when a run's overrides, crops or clips differ from the first's, or
-    when two runs hold the same fold.
+
+def _without_seed(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if not o.replace(" ", "").startswith("seed=")]
+
+
+def join_runs(paths: list[Path]) -> dict:
+    """One result of several runs: runs of disjoint folds (``--only-folds``) are joined; runs of the same folds
+    with different training seeds (``--override seed=S``) form an ensemble that averages their clip
+    probabilities (and their probabilities without the mirror-image average, where every run holds them).
+
+    Every seed must cover the same folds. ``out["ensemble"]`` (several seeds only) holds the seeds and the
+    pooled scores of each seed alone, with and without the mirror-image average. Raises ``SystemExit`` naming
+    the file when a run's settings (overrides other than ``seed``), crops or clips differ from the first's,
+    when one seed holds a fold twice, or when an ensemble member has no probabilities.
     """
     runs = []
     for p in paths:
@@ -444,24 +468,84 @@ def join_runs(paths: list[Path]) -> dict:
             runs.append((p, json.loads(Path(p).read_text())))
         except (OSError, ValueError) as e:
             raise SystemExit(f"{p}: cannot read a benchmark result ({e})") from e
-    first_path, out = runs[0]
-    out = {**out, "folds": [], "only_folds": None}
-    fold = np.full(len(out["predictions"]["clip"]), -1)
-    pred = fold.copy()
+    first_path, first = runs[0]
+    n = len(first["predictions"]["clip"])
+    members: dict[int, dict] = {}  # training seed -> {"fold", "pred", "prob", "prob_no_flip", "folds", "paths"}
     for p, r in runs:
         for k in ("overrides", "crop_size_cached", "crop_method", "fold_seed", "max_clips"):
-            if r.get(k) != runs[0][1].get(k):
-                raise SystemExit(f"{p}: {k} = {r.get(k)!r} differs from {first_path}'s {runs[0][1].get(k)!r}")
-        if r["predictions"]["clip"] != out["predictions"]["clip"]:
+            a, b = r.get(k), first.get(k)
+            if k == "overrides":
+                a, b = _without_seed(a or []), _without_seed(b or [])
+            if a != b:
+                raise SystemExit(f"{p}: {k} = {r.get(k)!r} differs from {first_path}'s {first.get(k)!r}")
+        if r["predictions"]["clip"] != first["predictions"]["clip"]:
             raise SystemExit(f"{p}: its clips differ from {first_path}'s")
+        seed = int(r.get("config", {}).get("seed", 0))
+        m = members.setdefault(seed, {"fold": np.full(n, -1), "pred": np.full(n, -1), "folds": [], "paths": [],
+                                      "prob": np.full((n, len(CLASSES)), np.nan),
+                                      "prob_no_flip": np.full((n, len(CLASSES)), np.nan)})
         f = np.array(r["predictions"]["fold"])
-        if set(f[f >= 0].tolist()) & set(fold[fold >= 0].tolist()):
-            raise SystemExit(f"{p}: a fold already comes from another of the merged runs")
-        fold[f >= 0], pred[f >= 0] = f[f >= 0], np.array(r["predictions"]["pred"])[f >= 0]
-        out["folds"] += r["folds"]
-    out["folds"].sort(key=lambda d: d["fold"])
-    out["predictions"] = {**out["predictions"], "fold": fold.tolist(), "pred": pred.tolist()}
+        done = f >= 0
+        if set(f[done].tolist()) & set(m["fold"][m["fold"] >= 0].tolist()):
+            raise SystemExit(f"{p}: a fold already comes from another of the merged runs of seed {seed}")
+        m["fold"][done], m["pred"][done] = f[done], np.array(r["predictions"]["pred"])[done]
+        for key in ("prob", "prob_no_flip"):
+            rows = r["predictions"].get(key)
+            if rows is not None:
+                m[key][done] = np.array([rows[i] for i in np.flatnonzero(done)], float)
+        m["folds"] += r["folds"]
+        m["paths"].append(str(p))
+    seeds = sorted(members)
+    ref = members[seeds[0]]["fold"]
+    for s in seeds[1:]:
+        if not np.array_equal(members[s]["fold"], ref):
+            raise SystemExit(f"{members[s]['paths'][0]}: seed {s} covers folds "
+                             f"{sorted(set(members[s]['fold'][members[s]['fold'] >= 0].tolist()))}, seed {seeds[0]} "
+                             f"{sorted(set(ref[ref >= 0].tolist()))}: an ensemble needs the same folds from every seed")
+    out = {**first, "only_folds": None}
+    done = ref >= 0
+    if len(seeds) == 1:
+        m = members[seeds[0]]
+        out["folds"] = sorted(m["folds"], key=lambda d: d["fold"])
+        out["predictions"] = {**first["predictions"], "fold": ref.tolist(), "pred": m["pred"].tolist()}
+        for key in ("prob", "prob_no_flip"):
+            if not np.isnan(m[key][done]).any():
+                out["predictions"][key] = _rows(m[key])
+        return out
+    for s in seeds:
+        if np.isnan(members[s]["prob"][done]).any():
+            raise SystemExit(f"{members[s]['paths'][0]}: no clip probabilities (a run from before they were "
+                             f"saved): seeds cannot be averaged")
+    prob = np.mean([members[s]["prob"] for s in seeds], axis=0)
+    pred = np.where(done, np.nan_to_num(prob).argmax(1), -1)
+    y = np.array([CLASSES.index(c.split("/")[0]) for c in first["predictions"]["clip"]])
+    folds = []
+    for f in sorted(set(ref[done].tolist())):
+        recs = [next(d for d in members[s]["folds"] if d["fold"] == f) for s in seeds]
+        sc = _scores(y[ref == f], pred[ref == f])
+        folds.append({**{k: recs[0][k] for k in ("fold", "n_train", "n_test", "test_groups") if k in recs[0]},
+                      "accuracy": sc["accuracy"], "macro_f1": sc["macro_f1"], "f1": sc["f1"],
+                      "train_s": float(sum(d.get("train_s", 0.0) for d in recs)),
+                      "total_s": float(sum(d["total_s"] for d in recs)),
+                      "members": [{"seed": s, **d} for s, d in zip(seeds, recs)]})
+    ensemble = {"seeds": seeds, "paths": {str(s): members[s]["paths"] for s in seeds},
+                "per_seed": {str(s): _brief(_scores(y[done], members[s]["prob"][done].argmax(1))) for s in seeds}}
+    has_no_flip = all(not np.isnan(members[s]["prob_no_flip"][done]).any() for s in seeds)
+    if has_no_flip:
+        ens = np.mean([members[s]["prob_no_flip"][done] for s in seeds], axis=0)
+        ensemble["no_flip"] = _brief(_scores(y[done], ens.argmax(1)))
+        ensemble["per_seed_no_flip"] = {str(s): _brief(_scores(y[done], members[s]["prob_no_flip"][done].argmax(1)))
+                                        for s in seeds}
+    out["folds"] = folds
+    out["ensemble"] = ensemble
+    out["predictions"] = {**first["predictions"], "fold": ref.tolist(), "pred": pred.tolist(), "prob": _rows(prob)}
+    if has_no_flip:
+        out["predictions"]["prob_no_flip"] = _rows(np.mean([members[s]["prob_no_flip"] for s in seeds], axis=0))
     return out
+
+
+def _brief(s: dict) -> dict:
+    return {k: s[k] for k in ("accuracy", "macro_f1", "f1")}
 
 
 def score_predictions(y: np.ndarray, pred: np.ndarray, fold_of: np.ndarray, cage: np.ndarray,
@@ -553,6 +637,13 @@ def print_table(out: dict, title: str = "BehaveNet") -> None:
     print("runtime per fold, s:", ", ".join(f"{t:.0f}" for t in out["runtime_s"]["per_fold"]),
           f"(total {out['runtime_s']['total']:.0f} s, {out['threads']} thread(s)); "
           f"{out['n_fallback_centre']} clip(s) cropped at the frame centre")
+    ens = out.get("ensemble")
+    if ens:
+        print(f"ensemble of seeds {ens['seeds']} (mean of clip probabilities); each seed alone: macro-F1 "
+              + ", ".join(f"{v['macro_f1']:.3f}" for v in ens["per_seed"].values()))
+        if "no_flip" in ens:
+            print(f"without the mirror-image average: ensemble macro-F1 {ens['no_flip']['macro_f1']:.3f}, each seed "
+                  + ", ".join(f"{v['macro_f1']:.3f}" for v in ens["per_seed_no_flip"].values()))
     print(f"goal (macro-F1 >= {GOAL['macro_f1']}, every class >= {GOAL['min_class_f1']}):",
           "met" if out["goal_met"] else "NOT met")
 

@@ -131,6 +131,25 @@ def test_chunk_border_inside_a_bout_changes_nothing(tiny_model):
         np.testing.assert_allclose(part, whole[start:stop], atol=1e-6)
 
 
+def test_flip_average_is_the_mean_over_mirror_images(tiny_model):
+    """``flip_average``: the mean of the crops' and their mirror images' probabilities; a left-right symmetric
+    crop gives the plain result; the config's ``infer.flip_average`` is the default."""
+    test = _synthetic(1, 40, seed=4)
+    crops = test.crops.copy()
+    crops[:, :, -8:] = 255  # a bright band on the right: the mirror image differs
+    plain = tiny_model.predict_proba(crops, test.sequence)
+    mirrored = tiny_model.predict_proba(crops[:, :, ::-1], test.sequence)
+    both = tiny_model.predict_proba(crops, test.sequence, flip_average=True)
+    np.testing.assert_allclose(both, 0.5 * (plain + mirrored), atol=1e-6)
+    assert not np.allclose(plain, mirrored, atol=1e-4)
+    sym = np.concatenate([crops[:, :, :12], crops[:, :, :12][:, :, ::-1]], axis=2)
+    np.testing.assert_allclose(tiny_model.predict_proba(sym, test.sequence, flip_average=True),
+                               tiny_model.predict_proba(sym, test.sequence), atol=1e-5)
+    cfg = {**tiny_model.config, "infer": {**tiny_model.config["infer"], "flip_average": True}}
+    by_config = BehaveNetModel(tiny_model.frame_net, tiny_model.tcn, tiny_model.names, cfg)
+    np.testing.assert_allclose(by_config.predict_proba(crops, test.sequence), both, atol=1e-6)
+
+
 def test_checkpoint_round_trip(tiny_model, tmp_path):
     test = _synthetic(1, 40, seed=3)
     save_behavenet(tiny_model, tmp_path / "behavenet.pt", meta={"labels": "x.csv"})

@@ -142,3 +142,60 @@ def test_behavenet_merge_scores_disjoint_runs_as_one(clip_dir, tmp_path):
     with pytest.raises(SystemExit, match="fold"):
         rcb.main(["--data", str(clip_dir), "--merge", str(parts[0]), str(parts[0]), "--out", str(tmp_path / "x")])
     assert not (tmp_path / "x").exists()
+
+
+def test_behavenet_merge_averages_seeds(clip_dir, tmp_path):
+    """Runs of the same folds with different training seeds: the ensemble calls the argmax of the mean clip
+    probabilities, scores each seed alone, and refuses seeds that cover different folds."""
+    clips = rcb.list_clips(clip_dir)
+    y = np.array([c["label"] for c in clips])
+    keep, splits = rcb.fold_splits(y, rcb.clip_groups(clips), 5, 0)
+    rng = np.random.default_rng(3)
+    base = json.loads(json.dumps(_partial(clips, y, splits, keep, range(5), rng, []), default=float))
+    probs, paths = [], []
+    for seed in (1, 2):
+        p = json.loads(json.dumps(base))
+        prob = rng.dirichlet(np.ones(len(rcb.CLASSES)), len(clips))
+        prob_no_flip = rng.dirichlet(np.ones(len(rcb.CLASSES)), len(clips))
+        probs.append((prob, prob_no_flip))
+        p["config"]["seed"] = seed
+        p["overrides"] = [f"seed={seed}"]
+        p["predictions"].update(pred=prob.argmax(1).tolist(), prob=prob.tolist(), prob_no_flip=prob_no_flip.tolist())
+        paths.append(tmp_path / f"s{seed}.json")
+        paths[-1].write_text(json.dumps(p))
+    out = rcb.main(["--data", str(clip_dir), "--merge", *map(str, paths), "--out", str(tmp_path / "ens.json")])
+    want = (probs[0][0] + probs[1][0]).argmax(1)
+    assert out["pooled"] == rcb._scores(y, want)
+    assert out["predictions"]["pred"] == want.tolist()
+    ens = out["ensemble"]
+    assert ens["seeds"] == [1, 2]
+    assert ens["per_seed"]["2"]["macro_f1"] == rcb._scores(y, probs[1][0].argmax(1))["macro_f1"]
+    assert ens["no_flip"]["macro_f1"] == rcb._scores(y, (probs[0][1] + probs[1][1]).argmax(1))["macro_f1"]
+    assert [d["fold"] for d in out["folds"]] == [0, 1, 2, 3, 4]
+    assert all(len(d["members"]) == 2 for d in out["folds"])
+    # rescoring the written ensemble gives the same scores
+    again = rcb.main(["--data", str(clip_dir), "--rescore", str(tmp_path / "ens.json"), "--out", str(tmp_path / "again.json")])
+    assert again["pooled"] == out["pooled"] and again["ensemble"] == json.loads(json.dumps(ens))
+
+    # seed 2 without fold 4: refused
+    part = json.loads(paths[1].read_text())
+    fold = np.array(part["predictions"]["fold"])
+    fold[fold == 4] = -1
+    part["predictions"]["fold"] = fold.tolist()
+    part["folds"] = [d for d in part["folds"] if d["fold"] != 4]
+    (tmp_path / "s2part.json").write_text(json.dumps(part))
+    with pytest.raises(SystemExit, match="same folds"):
+        rcb.main(["--data", str(clip_dir), "--merge", str(paths[0]), str(tmp_path / "s2part.json"), "--out", str(tmp_path / "x.json")])
+    # a member without probabilities cannot be averaged
+    old = json.loads(paths[1].read_text())
+    del old["predictions"]["prob"]
+    (tmp_path / "noprob.json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match="no clip probabilities"):
+        rcb.main(["--data", str(clip_dir), "--merge", str(paths[0]), str(tmp_path / "noprob.json"), "--out", str(tmp_path / "x.json")])
+    # other settings than the seed: refused
+    other = json.loads(paths[1].read_text())
+    other["overrides"] = ["seed=2", "tcn.half_window=3"]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="overrides"):
+        rcb.main(["--data", str(clip_dir), "--merge", str(paths[0]), str(tmp_path / "other.json"), "--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()

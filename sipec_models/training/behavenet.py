@@ -317,7 +317,7 @@ class BehaveNetModel:
 
     @torch.inference_mode()
     def predict_proba(self, crops: np.ndarray, sequence: np.ndarray | None = None,
-                      motion: np.ndarray | None = None) -> np.ndarray:
+                      motion: np.ndarray | None = None, flip_average: bool | None = None) -> np.ndarray:
         """``(N, K)`` behaviour probabilities of every frame.
 
         Args:
@@ -325,10 +325,18 @@ class BehaveNetModel:
             sequence: ``(N,)`` sequence ids (default: one sequence). Windows
                 repeat a sequence's first and last frame at its ends.
             motion: ``(N, M)`` motion features (needed when :attr:`motion_input`).
+            flip_average: average the probabilities of the crops and of their
+                left-right mirror images (test-time augmentation; twice the
+                frame-network work). Default: the config's ``infer.flip_average``.
         """
         sequence = np.zeros(len(crops), np.int64) if sequence is None else np.asarray(sequence)
-        feats = self.frame_features(crops)
-        return self.predict_from_features(feats, sequence, motion)
+        if flip_average is None:
+            flip_average = bool(self.config.get("infer", {}).get("flip_average", False))
+        p = self.predict_from_features(self.frame_features(crops), sequence, motion)
+        if flip_average:
+            mirrored = np.asarray(crops)[:, :, ::-1]
+            p = 0.5 * (p + self.predict_from_features(self.frame_features(mirrored), sequence, motion))
+        return p
 
     @torch.inference_mode()
     def predict_from_features(self, features: torch.Tensor, sequence: np.ndarray,
