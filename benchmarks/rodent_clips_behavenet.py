@@ -462,6 +462,34 @@ def _without_seed(overrides: list[str]) -> list[str]:
     return [o for o in overrides if not o.replace(" ", "").startswith("seed=")]
 
 
+def read_runs(paths: list[Path]) -> list[tuple[Path, dict]]:
+    """``(path, result)`` of each benchmark result JSON; ``SystemExit`` naming a file that cannot be read."""
+    runs = []
+    for p in paths:
+        try:
+            runs.append((p, json.loads(Path(p).read_text())))
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{p}: cannot read a benchmark result ({e})") from e
+    return runs
+
+
+def check_settings(path: Path, run: dict, first: tuple[Path, dict], keys, normalise: dict | None = None) -> None:
+    """``SystemExit`` naming ``path`` when ``run`` differs from ``first = (path, result)`` in one of ``keys``
+    (compared after ``normalise[key]`` where given)."""
+    first_path, ref = first
+    for k in keys:
+        f = (normalise or {}).get(k, lambda v: v)
+        if f(run.get(k)) != f(ref.get(k)):
+            raise SystemExit(f"{path}: {k} = {run.get(k)!r} differs from {first_path}'s {ref.get(k)!r}")
+
+
+def refuse_fold_clash(path: Path, fold: np.ndarray, taken: np.ndarray, what: str = "") -> None:
+    """``SystemExit`` naming ``path`` when a fold of ``fold`` (per clip, -1: not tested) is already in ``taken``."""
+    clash = set(fold[fold >= 0].tolist()) & set(taken[taken >= 0].tolist())
+    if clash:
+        raise SystemExit(f"{path}: fold(s) {sorted(clash)} already come from another of the merged runs{what}")
+
+
 def join_runs(paths: list[Path]) -> dict:
     """One result of several runs: runs of disjoint folds (``--only-folds``) are joined; runs of the same folds
     with different training seeds (``--override seed=S``) form an ensemble that averages their clip
@@ -472,22 +500,13 @@ def join_runs(paths: list[Path]) -> dict:
     the file when a run's settings (overrides other than ``seed``), crops or clips differ from the first's,
     when one seed holds a fold twice, or when an ensemble member has no probabilities.
     """
-    runs = []
-    for p in paths:
-        try:
-            runs.append((p, json.loads(Path(p).read_text())))
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"{p}: cannot read a benchmark result ({e})") from e
+    runs = read_runs(paths)
     first_path, first = runs[0]
     n = len(first["predictions"]["clip"])
     members: dict[int, dict] = {}  # training seed -> {"fold", "pred", "prob", "prob_no_flip", "folds", "paths"}
     for p, r in runs:
-        for k in ("overrides", "crop_size_cached", "crop_method", "fold_seed", "max_clips"):
-            a, b = r.get(k), first.get(k)
-            if k == "overrides":
-                a, b = _without_seed(a or []), _without_seed(b or [])
-            if a != b:
-                raise SystemExit(f"{p}: {k} = {r.get(k)!r} differs from {first_path}'s {first.get(k)!r}")
+        check_settings(p, r, runs[0], ("overrides", "crop_size_cached", "crop_method", "fold_seed", "max_clips"),
+                       normalise={"overrides": lambda o: _without_seed(o or [])})
         if r["predictions"]["clip"] != first["predictions"]["clip"]:
             raise SystemExit(f"{p}: its clips differ from {first_path}'s")
         seed = int(r.get("config", {}).get("seed", 0))
@@ -496,8 +515,7 @@ def join_runs(paths: list[Path]) -> dict:
                                       "prob_no_flip": np.full((n, len(CLASSES)), np.nan)})
         f = np.array(r["predictions"]["fold"])
         done = f >= 0
-        if set(f[done].tolist()) & set(m["fold"][m["fold"] >= 0].tolist()):
-            raise SystemExit(f"{p}: a fold already comes from another of the merged runs of seed {seed}")
+        refuse_fold_clash(p, f, m["fold"], f" of seed {seed}")
         m["fold"][done], m["pred"][done] = f[done], np.array(r["predictions"]["pred"])[done]
         for key in ("prob", "prob_no_flip"):
             rows = r["predictions"].get(key)

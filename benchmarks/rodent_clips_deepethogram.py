@@ -133,8 +133,8 @@ for _p in (str(REPO), str(HERE)):
         sys.path.insert(0, _p)
 
 from rodent_clips_behavenet import (  # noqa: E402  (benchmarks/ is on sys.path)
-    CLASSES, DATA, _scores, clip_groups, default_cache, fold_splits, goal_met, list_clips, load_crops, print_table,
-    score_predictions, summarise, write,
+    CLASSES, DATA, _scores, check_settings, clip_groups, default_cache, fold_splits, goal_met, list_clips, load_crops,
+    print_table, read_runs, refuse_fold_clash, score_predictions, summarise, write,
 )
 
 #: Protocol overrides of ``config/models/deepethogram.yaml``: 96 px input (the BehaveNet benchmark's
@@ -357,13 +357,8 @@ def merge_runs(args, clips: list[dict]) -> dict:
     from sipec_models.training.config import load_model_config
 
     names = [f"{CLASSES[c['label']]}/{c['path'].name}" for c in clips]
-    runs = []
-    for path in args.merge:
-        try:
-            runs.append((path, json.loads(Path(path).read_text())))
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"{path}: cannot read a benchmark result ({e})") from e
-    first_path, first = runs[0]
+    runs = read_runs(args.merge)
+    first = runs[0][1]
     y = np.array([c["label"] for c in clips])
     pred, pred_fx, fold_of = np.full(len(clips), -1), np.full(len(clips), -1), np.full(len(clips), -1)
     folds = []
@@ -372,14 +367,10 @@ def merge_runs(args, clips: list[dict]) -> dict:
             raise SystemExit(f"{path}: not a result of this benchmark (no fold predictions)")
         if r["predictions"]["clip"] != names:
             raise SystemExit(f"{path}: its clips are not the clips under {args.data}")
-        for k in MERGE_KEYS:
-            if r.get(k) != first.get(k):
-                raise SystemExit(f"{path}: {k} = {r.get(k)!r} differs from {first_path}'s {first.get(k)!r}")
+        check_settings(path, r, runs[0], MERGE_KEYS)
         f_r = np.array(r["predictions"]["fold"])
         done = f_r >= 0
-        clash = set(f_r[done].tolist()) & set(fold_of[fold_of >= 0].tolist())
-        if clash:
-            raise SystemExit(f"{path}: fold(s) {sorted(clash)} already come from another of the merged runs")
+        refuse_fold_clash(path, f_r, fold_of)
         pred[done] = np.array(r["predictions"]["pred"])[done]
         pred_fx[done] = np.array(r["predictions"]["pred_feature_extractor"])[done]
         fold_of[done] = f_r[done]
