@@ -58,11 +58,28 @@ def config_overrides(name: str) -> list[str]:
     if name == "default":
         return []
     if name == "rodent_clips":
-        sys.path.insert(0, str(REPO / "benchmarks"))
+        if str(REPO / "benchmarks") not in sys.path:
+            sys.path.insert(0, str(REPO / "benchmarks"))
         from rodent_clips_behavenet import DEFAULT_OVERRIDES
 
         return list(DEFAULT_OVERRIDES)
     raise ValueError(f"unknown configuration {name!r}: use default or rodent_clips")
+
+
+def _row(config: str, cfg, threads: int, batch_size: int, device: str) -> dict:
+    """The fields every measurement reports: what was timed, and the peak RSS (MiB) of this process so far."""
+    return {"config": config, "threads": threads, "crop_size": int(cfg["data"]["crop_size"]),
+            "backbone": str(cfg["frame_net"].get("backbone", "xception")),
+            "half_window": int(cfg["tcn"]["half_window"]), "batch_size": batch_size, "device": device,
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def _sync(device: str) -> None:
+    """Wait for queued GPU work, so that the clock measures it (nothing to wait for on the CPU)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
 
 
 def measure(config: str, flip_average: bool, threads: int, frames: int, device: str = "cpu",
@@ -88,20 +105,15 @@ def measure(config: str, flip_average: bool, threads: int, frames: int, device: 
     shape = (frames, side, side, 3) if cfg["data"]["rgb"] else (frames, side, side)
     crops = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     model.predict_proba(crops[: min(frames, 2 * int(cfg["infer"]["batch_size"]))])  # warm-up (allocator, kernels)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    _sync(device)
     t0 = time.perf_counter()
     p = model.predict_proba(crops)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    _sync(device)
     seconds = time.perf_counter() - t0
     if p.shape != (frames, BEHAVIOURS) or not np.isfinite(p).all():
         raise RuntimeError(f"unexpected output {p.shape} (or non-finite values) for {frames} frames")
-    return {"config": config, "flip_average": flip_average, "threads": threads, "frames": frames,
-            "crop_size": side, "backbone": str(cfg["frame_net"].get("backbone", "xception")),
-            "half_window": int(cfg["tcn"]["half_window"]), "batch_size": int(cfg["infer"]["batch_size"]),
-            "seconds": seconds, "fps": frames / seconds,
-            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "device": device}
+    return {**_row(config, cfg, threads, int(cfg["infer"]["batch_size"]), device), "flip_average": flip_average,
+            "frames": frames, "seconds": seconds, "fps": frames / seconds}
 
 
 def measure_train(config: str, threads: int, steps: int, device: str = "cpu",
@@ -136,15 +148,11 @@ def measure_train(config: str, threads: int, steps: int, device: str = "cpu",
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, float(ft["clip_norm"]))
         opt.step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+        _sync(device)
         times.append(time.perf_counter() - t0)
     step_s = float(np.median(times[1:]))
-    return {"config": config, "flip_average": False, "threads": threads, "frames": steps * batch,
-            "crop_size": side, "backbone": str(cfg["frame_net"].get("backbone", "xception")),
-            "half_window": int(cfg["tcn"]["half_window"]), "batch_size": batch, "seconds_per_step": step_s,
-            "fps": batch / step_s, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "device": device}
+    return {**_row(config, cfg, threads, batch, device), "flip_average": False, "frames": steps * batch,
+            "seconds_per_step": step_s, "fps": batch / step_s}
 
 
 def run_child(kind: str, config: str, flip_average: bool, threads: int, frames: int, device: str, overrides: list[str],
